@@ -1,0 +1,146 @@
+"""The named source fixes applied to the registry's Detectron2 v0.6 sdist before it is installed.
+
+Each fix says why it is needed and edits exact text; an edit whose text is not found the expected
+number of times stops the build, so a different sdist can never be patched silently. The sdist
+itself is pinned by its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["COMPILED_MODULE_SHIM", "FIXES", "FIXES_DIGEST", "SDIST", "Edit", "Fix", "apply_fixes"]
+
+
+@dataclass(frozen=True)
+class Sdist:
+    requirement: str
+    sha256: str
+
+
+SDIST = Sdist(
+    requirement="pb1-detectron2==0.6",
+    sha256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29",
+)
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # relative to the unpacked sdist's root
+    old: str
+    new: str
+    count: int = 1  # how often ``old`` must occur
+
+
+@dataclass(frozen=True)
+class Fix:
+    name: str
+    why: str
+    edits: tuple[Edit, ...]
+
+
+_SEM_SEG = "detectron2/evaluation/sem_seg_evaluation.py"
+
+FIXES: tuple[Fix, ...] = (
+    Fix(
+        name="setup-without-csrc",
+        why="The sdist lacks detectron2/layers/csrc, so its C++ extension cannot be built; "
+        "detectron2._C is provided by detectron2_compat.extension instead.",
+        edits=(
+            Edit(
+                "setup.py",
+                '    ext_modules=get_extensions(),\n'
+                '    cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},\n',
+                "",
+            ),
+        ),
+    ),
+    Fix(
+        name="drop-black-pin",
+        why="install_requires pins the formatter black==21.4b2, which Detectron2 needs only for "
+        "pretty-printing lazy configs, and which conflicts with today's packages.",
+        edits=(Edit("setup.py", '        "black==21.4b2",\n', ""),),
+    ),
+    Fix(
+        name="pillow-10-bilinear",
+        why="Pillow 10 removed Image.LINEAR, an alias of Image.BILINEAR used as a default argument "
+        "(so importing detectron2.data fails).",
+        edits=(
+            Edit(
+                "detectron2/data/transforms/transform.py",
+                "interp=Image.LINEAR",
+                "interp=Image.BILINEAR",
+            ),
+        ),
+    ),
+    Fix(
+        name="setuptools-81-importlib-resources",
+        why="setuptools 81 removed pkg_resources, which model_zoo imports to locate its configs.",
+        edits=(
+            Edit(
+                "detectron2/model_zoo/model_zoo.py",
+                "import pkg_resources\n",
+                "import importlib.resources\n",
+            ),
+            Edit(
+                "detectron2/model_zoo/model_zoo.py",
+                "    cfg_file = pkg_resources.resource_filename(\n"
+                '        "detectron2.model_zoo", os.path.join("configs", config_path)\n'
+                "    )\n",
+                "    cfg_file = str(\n"
+                '        importlib.resources.files("detectron2.model_zoo").joinpath("configs", '
+                "config_path)\n"
+                "    )\n",
+            ),
+        ),
+    ),
+    Fix(
+        name="numpy-2-removed-aliases",
+        why="NumPy 1.24 removed np.int, np.float and np.str (the training loader's class "
+        "histogram uses np.int).",
+        edits=(
+            Edit("detectron2/data/build.py", "dtype=np.int)", "dtype=np.int64)"),
+            Edit("detectron2/data/build.py", "dtype=np.int\n", "dtype=np.int64\n"),
+            Edit(_SEM_SEG, "dtype=np.int)", "dtype=np.int64)", count=2),
+            Edit(_SEM_SEG, "np.float)", "np.float64)", count=5),
+            Edit("detectron2/data/datasets/pascal_voc.py", "dtype=np.str)", "dtype=str)"),
+        ),
+    ),
+)
+
+# Written as detectron2/_C.py in place of the compiled extension.
+COMPILED_MODULE_SHIM = '''\
+"""Detectron2's compiled ops, provided by mask_rcnn_ext's compatibility layer (see its README)."""
+try:
+    from detectron2_compat.extension import *  # noqa: F401,F403
+    from detectron2_compat.extension import IS_COMPAT_LAYER  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "This Detectron2 was built by mask_rcnn_ext's `make setup` without C++ sources; its "
+        "detectron2._C comes from the detectron2_compat package, which failed to import. "
+        "Reinstall mask_rcnn_ext (`make setup`) or build Detectron2 from source."
+    ) from error
+'''
+
+# Identifies this set of fixes in the installed version ("0.6+maskrcnnext.<digest>"), so that
+# `make setup` rebuilds Detectron2 when the fixes or the shim change.
+FIXES_DIGEST = hashlib.sha256(repr((SDIST, FIXES, COMPILED_MODULE_SHIM)).encode()).hexdigest()[:10]
+
+
+def apply_fixes(source_root: Path) -> list[str]:
+    """Apply every fix to the unpacked sdist at ``source_root``; returns the fixes' names."""
+    for fix in FIXES:
+        for edit in fix.edits:
+            path = source_root / edit.path
+            text = path.read_text()
+            found = text.count(edit.old)
+            if found != edit.count:
+                raise RuntimeError(
+                    f"fix {fix.name!r}: expected {edit.count} occurrence(s) of {edit.old!r} in "
+                    f"{path}, found {found}; is this the pinned {SDIST.requirement} sdist?"
+                )
+            path.write_text(text.replace(edit.old, edit.new))
+    (source_root / "detectron2" / "_C.py").write_text(COMPILED_MODULE_SHIM)
+    return [fix.name for fix in FIXES]
