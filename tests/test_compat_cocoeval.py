@@ -1,7 +1,6 @@
 """Detectron2's fast COCOeval path (on the compat layer's faster-coco-eval adapter) against
 pycocotools' reference COCOeval, and COCOEvaluator with its default arguments."""
 
-import copy
 import json
 
 import numpy as np
@@ -11,60 +10,18 @@ from detectron2.evaluation.fast_eval_api import COCOeval_opt
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-
-def _square_polygon(x, y, size):
-    return [[x, y, x + size, y, x + size, y + size, x, y + size]]
-
-
-def _random_problem(seed, num_images=15):
-    """Ground truth with crowds and three categories, and noisy detections with masks."""
-    rng = np.random.default_rng(seed)
-    images, annotations, detections = [], [], []
-    for image_id in range(1, num_images + 1):
-        images.append({"id": image_id, "width": 120, "height": 100, "file_name": f"{image_id}.png"})
-        for _ in range(rng.integers(0, 6)):
-            x, y = rng.uniform(0, 70, 2)
-            size = float(rng.uniform(4, 45))
-            category = int(rng.integers(1, 4))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                "bbox": [x, y, size, size], "area": size * size,
-                "segmentation": _square_polygon(x, y, size),
-                "iscrowd": int(rng.random() < 0.1),
-            })
-            for _ in range(rng.integers(0, 3)):
-                dx, dy = rng.normal(0, size / 8, 2)
-                guess = category if rng.random() < 0.8 else int(rng.integers(1, 4))
-                detections.append({
-                    "image_id": image_id, "category_id": guess,
-                    "bbox": [x + dx, y + dy, size, size],
-                    "segmentation": _square_polygon(x + dx, y + dy, size),
-                    "score": float(rng.random()),
-                })
-    dataset = {"images": images, "annotations": annotations,
-               "categories": [{"id": k, "name": f"c{k}"} for k in (1, 2, 3)]}
-    return dataset, detections
-
-
-def _evaluate(evaluator_class, ground_truth, detections, iou_type, use_cats):
-    evaluator = evaluator_class(ground_truth, ground_truth.loadRes(copy.deepcopy(detections)),
-                                iou_type)
-    evaluator.params.useCats = use_cats
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return evaluator
+from coco_problems import evaluate, random_problem
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 @pytest.mark.parametrize("use_cats", [1, 0])
 def test_fast_cocoeval_equals_pycocotools(iou_type, use_cats):
-    dataset, detections = _random_problem(seed=0)
+    dataset, detections = random_problem(seed=0)
     ground_truth = COCO()
     ground_truth.dataset = dataset
     ground_truth.createIndex()
-    reference = _evaluate(COCOeval, ground_truth, detections, iou_type, use_cats)
-    fast = _evaluate(COCOeval_opt, ground_truth, detections, iou_type, use_cats)
+    reference = evaluate(COCOeval, ground_truth, detections, iou_type, use_cats)
+    fast = evaluate(COCOeval_opt, ground_truth, detections, iou_type, use_cats)
     assert reference.stats[0] > 0.1  # a non-trivial problem
     np.testing.assert_allclose(fast.stats, reference.stats, atol=1e-12)
     np.testing.assert_allclose(fast.eval["precision"], reference.eval["precision"], atol=1e-12)
@@ -78,7 +35,7 @@ def test_coco_evaluator_with_default_arguments(tmp_path):
     from detectron2.structures import Boxes, Instances
     from detectron2.structures.masks import polygons_to_bitmask
 
-    dataset, detections = _random_problem(seed=1, num_images=8)
+    dataset, detections = random_problem(seed=1, num_images=8)
     json_file = tmp_path / "instances.json"
     json_file.write_text(json.dumps(dataset))
     name = "mask_rcnn_ext_test_cocoeval"
@@ -105,7 +62,7 @@ def test_coco_evaluator_with_default_arguments(tmp_path):
         written = json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())
         ground_truth = COCO(str(json_file))
         for iou_type in ("bbox", "segm"):
-            reference = _evaluate(COCOeval, ground_truth, written, iou_type, 1)
+            reference = evaluate(COCOeval, ground_truth, written, iou_type, 1)
             assert results[iou_type]["AP"] == pytest.approx(100 * reference.stats[0], abs=1e-6)
             assert results[iou_type]["AP75"] == pytest.approx(100 * reference.stats[2], abs=1e-6)
         assert results["segm"]["AP"] > 10

@@ -54,7 +54,6 @@ def test_extent_transform_resamples_bilinearly():
 
 
 def test_model_zoo_lookup_reports_missing_configs_clearly():
-    """setuptools-81-importlib-resources: the lookup runs without pkg_resources."""
     from detectron2.model_zoo import get_config_file
 
     name = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
@@ -64,6 +63,22 @@ def test_model_zoo_lookup_reports_missing_configs_clearly():
     else:  # the registry sdist ships no model-zoo configs
         with pytest.raises(RuntimeError, match="not available in Model Zoo"):
             get_config_file(name)
+
+
+@compat_only
+def test_model_zoo_works_without_pkg_resources():
+    """setuptools-81-importlib-resources: as if setuptools >= 81 were installed."""
+    code = (
+        "import sys; sys.modules['pkg_resources'] = None\n"
+        "from detectron2.model_zoo import get_config_file\n"
+        "try:\n"
+        "    get_config_file('COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml')\n"
+        "except RuntimeError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "not available in Model Zoo" in result.stdout
 
 
 def test_class_histogram_counts_with_numpy_2(caplog):
