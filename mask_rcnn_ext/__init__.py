@@ -3,4 +3,14 @@
 Importing the package registers its components in Detectron2's registries.
 """
 
+try:
+    import detectron2.modeling  # noqa: F401 - fail early, with directions, if it is broken
+except ImportError as error:
+    raise ImportError(
+        f"mask_rcnn_ext needs a working Detectron2, and importing it failed: {error}. "
+        "Run `make setup` (README, 'Installing'), then `python -m mask_rcnn_ext.check`."
+    ) from error
+
+from . import layers, modeling  # noqa: F401 - imported for registration
+
 __version__ = "0.1.0"

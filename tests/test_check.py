@@ -22,8 +22,9 @@ def test_check_fails_when_detectron2_does_not_import(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mask_rcnn_ext.check"], capture_output=True,
                             text=True, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 1
-    assert "simulated broken install" in result.stdout
-    assert "make setup" in result.stdout
+    message = result.stdout + result.stderr
+    assert "simulated broken install" in message
+    assert "needs a working Detectron2" in message and "make setup" in message
 
 
 def test_check_fails_and_names_a_broken_op(monkeypatch, capsys):

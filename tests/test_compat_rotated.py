@@ -13,6 +13,7 @@ from shapely.affinity import rotate
 from torchvision.ops import roi_align
 
 from detectron2_compat import rotated
+from reference_ops import bilinear_sample
 
 
 def _polygon(box):
@@ -136,28 +137,6 @@ def test_detectron2_batched_nms_rotated_uses_the_registered_op():
     assert sorted(keep.tolist()) == [0, 1]
 
 
-def _bilinear_scalar(feature, y, x):
-    """RoIAlign's bilinear sample of a (H, W) map at one point, written out case by case."""
-    height, width = feature.shape
-    if y < -1 or y > height or x < -1 or x > width:
-        return 0.0
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = math.floor(y), math.floor(x)
-    if y0 >= height - 1:
-        y0 = y1 = height - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= width - 1:
-        x0 = x1 = width - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    return float((1 - ly) * (1 - lx) * feature[y0, x0] + (1 - ly) * lx * feature[y0, x1]
-                 + ly * (1 - lx) * feature[y1, x0] + ly * lx * feature[y1, x1])
-
-
 def _roi_align_rotated_reference(features, rois, scale, pooled_h, pooled_w, sampling_ratio):
     output = torch.zeros(len(rois), features.shape[1], pooled_h, pooled_w, dtype=torch.float64)
     for k, (b, cx, cy, w, h, angle) in enumerate(rois.tolist()):
@@ -177,7 +156,7 @@ def _roi_align_rotated_reference(features, rois, scale, pooled_h, pooled_w, samp
                             u = -w / 2 + (pw + (ix + 0.5) / grid_w) * w / pooled_w
                             y = v * math.cos(theta) - u * math.sin(theta) + cy
                             x = v * math.sin(theta) + u * math.cos(theta) + cx
-                            total += _bilinear_scalar(feature, y, x)
+                            total += bilinear_sample(feature, y, x)
                     output[k, c, ph, pw] = total / max(grid_h * grid_w, 1)
     return output
 

@@ -1,0 +1,200 @@
+"""RoIAlign (Mask R-CNN, He et al. 2017, Sec. 3) with average or max aggregation.
+
+Coordinates: boxes are (x1, y1, x2, y2) in image pixels; ``spatial_scale`` maps them onto the
+feature map. With ``aligned=True`` the box is shifted by -0.5 feature pixels first, so that a
+feature pixel's centre sits at a half-integer image coordinate, as in Detectron2's ROIAlignV2;
+with ``aligned=False`` it is not, and boxes smaller than one feature pixel are grown to one
+(the original, legacy behaviour; Detectron2's ROIAlign).
+
+Each of the P x Q output bins takes ``sampling_ratio`` x ``sampling_ratio`` regularly spaced
+bilinear samples (``<= 0``: ceil(box side / bins) per side, per box, as Detectron2 and
+torchvision). A sample more than one pixel outside the map reads 0; one within that margin is
+clamped onto the map.
+
+``mode="avg"`` averages a bin's samples: exactly torchvision's ``roi_align``.
+``mode="max"`` takes the maximum over a bin's samples, each sample being the full bilinear
+interpolation of its four neighbours. (ONNX Runtime's RoiAlign "max" takes the maximum of the four
+weighted neighbour *terms* instead, and other implementations differ again; results are not
+interchangeable.) Out-of-map samples (value 0) take part in the maximum; a bin with no samples
+(an empty box with adaptive sampling) is 0. Gradients flow to the maximising sample(s); exact ties
+share the gradient equally.
+
+Gradients are taken with respect to the features, not the boxes (as torchvision).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .separable import AxisWeights, hat, pool_separable, window_pixels
+
+__all__ = ["roi_align", "ROIAlign", "as_rois"]
+
+_MODES = ("avg", "max")
+
+
+def as_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
+    """Boxes as a (K, 5) tensor of (batch_index, x1, y1, x2, y2) in the features' dtype."""
+    if features.dim() != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    if isinstance(boxes, (list, tuple)):
+        for i, per_image in enumerate(boxes):
+            if per_image.dim() != 2 or per_image.shape[1] != 4:
+                raise ValueError(
+                    f"boxes[{i}] must be a Tensor[L, 4], got shape {tuple(per_image.shape)}"
+                )
+        index = torch.cat([
+            torch.full((len(b), 1), i, dtype=features.dtype, device=features.device)
+            for i, b in enumerate(boxes)
+        ]) if boxes else features.new_zeros((0, 1))
+        coordinates = torch.cat(list(boxes)) if boxes else features.new_zeros((0, 4))
+        return torch.cat((index, coordinates.to(features)), dim=1)
+    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
+    return boxes.to(features)
+
+
+class BilinearSamples(AxisWeights):
+    """RoIAlign's regularly spaced bilinear samples along one axis.
+
+    Args:
+        roi_start, roi_length: (K,) the RoI along this axis, in feature-map pixels.
+        pooled: number of bins.
+        sampling_ratio: samples per bin; ``<= 0`` for ceil(roi_length / pooled).
+        size: the feature map's extent along this axis.
+        per_sample: one matrix row per sample (bins x samples rows, for max pooling) instead of
+            one row per bin holding the average of its samples.
+    """
+
+    def __init__(self, roi_start: Tensor, roi_length: Tensor, pooled: int, sampling_ratio: int,
+                 size: int, per_sample: bool):
+        bin_size = roi_length / pooled
+        if sampling_ratio > 0:
+            self.grid = torch.full_like(roi_start, sampling_ratio, dtype=torch.int64)
+        else:
+            self.grid = torch.ceil(roi_length / pooled).long()
+        self.pooled, self.size, self.per_sample = pooled, size, per_sample
+        bins = torch.arange(pooled, device=roi_start.device, dtype=roi_start.dtype)
+        steps = torch.arange(max(int(self.grid.max()), 1) if len(self.grid) else 1,
+                             device=roi_start.device, dtype=roi_start.dtype)
+        bin_size = bin_size[:, None, None]
+        # (K, P, S), in the reference kernels' arithmetic order: start + p*bin + (s+.5)*bin/grid.
+        self.position = (roi_start[:, None, None] + bins[None, :, None] * bin_size
+                         + (steps[None, None, :] + 0.5) * bin_size
+                         / self.grid.clamp(min=1)[:, None, None])
+        self.valid = (steps[None, None, :] < self.grid[:, None, None]) & (
+            self.position >= -1) & (self.position <= size)
+        # The window spans the valid samples, clamped onto the map.
+        on_map = self.position.clamp(0, size - 1)
+        low = torch.where(self.valid, on_map, math.inf).amin(dim=(1, 2))
+        high = torch.where(self.valid, on_map, -math.inf).amax(dim=(1, 2))
+        has_samples = self.valid.any(dim=2).any(dim=1)
+        self.start = torch.where(has_samples, low, 0).floor().long()
+        self.length = torch.where(has_samples, high.ceil().long() - self.start + 1, 1)
+
+    def samples_per_bin(self, rows: Tensor) -> int:
+        return max(int(self.grid[rows].max()), 1)
+
+    def matrix(self, rows: Tensor, length: int) -> Tensor:
+        samples = self.samples_per_bin(rows)
+        position = self.position[rows, :, :samples]
+        valid = self.valid[rows, :, :samples]
+        pixels = window_pixels(self.start[rows], length, position.dtype)
+        # For a sample on the map (after clamping), linear interpolation weights pixel i by
+        # hat(position - i); this also reproduces the kernels' clamping at both borders.
+        weights = hat(position.clamp(0, self.size - 1)[..., None] - pixels[:, None, None, :])
+        weights = weights * valid[..., None]  # (G, P, S, L)
+        if self.per_sample:
+            return weights.reshape(rows.shape[0], self.pooled * samples, length)
+        grid = self.grid[rows].clamp(min=1)[:, None, None].to(weights.dtype)
+        return weights.sum(2) / grid
+
+
+def _bin_maximum(axis_y: BilinearSamples, axis_x: BilinearSamples):
+    """``reduce`` for :func:`pool_separable`: the maximum over each bin's samples."""
+
+    def reduce(values: Tensor, rows: Tensor) -> Tensor:
+        samples_y, samples_x = axis_y.samples_per_bin(rows), axis_x.samples_per_bin(rows)
+        num, channels = values.shape[:2]
+        values = values.view(num, channels, axis_y.pooled, samples_y, axis_x.pooled, samples_x)
+        grid_y, grid_x = axis_y.grid[rows], axis_x.grid[rows]
+        real_y = torch.arange(samples_y, device=values.device) < grid_y[:, None]  # (G, Sy)
+        real_x = torch.arange(samples_x, device=values.device) < grid_x[:, None]
+        real = real_y[:, None, None, :, None, None] & real_x[:, None, None, None, None, :]
+        maximum = values.masked_fill(~real, -math.inf).amax(dim=(3, 5))
+        empty = ((grid_y == 0) | (grid_x == 0))[:, None, None, None]
+        return maximum.masked_fill(empty, 0)
+
+    return reduce
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    mode: str = "avg",
+) -> Tensor:
+    """RoIAlign with average or max aggregation (see the module docstring for the conventions).
+
+    Args:
+        input: (N, C, H, W) features.
+        boxes: (K, 5) rows (batch_index, x1, y1, x2, y2), or a list of N Tensor[L, 4].
+        output_size: (P, Q) bins, or one int for both.
+        spatial_scale: feature-map pixels per image pixel (e.g. 1/16).
+        sampling_ratio: samples per bin side; ``<= 0`` is adaptive.
+        aligned: shift boxes by -0.5 feature pixels (half-pixel convention).
+        mode: "avg" or "max".
+
+    Returns:
+        (K, C, P, Q).
+    """
+    if mode not in _MODES:
+        raise ValueError(f"roi_align: mode must be one of {_MODES}, got {mode!r}")
+    pooled_h, pooled_w = _pair(output_size)
+    rois = as_rois(boxes, input).detach()
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
+    offset = 0.5 if aligned else 0.0
+    start = rois[:, 1:3] * spatial_scale - offset
+    extent = rois[:, 3:5] * spatial_scale - offset - start
+    if not aligned:
+        extent = extent.clamp(min=1.0)
+    per_sample = mode == "max"
+    height, width = input.shape[-2:]
+    axis_y = BilinearSamples(start[:, 1], extent[:, 1], pooled_h, sampling_ratio, height,
+                             per_sample)
+    axis_x = BilinearSamples(start[:, 0], extent[:, 0], pooled_w, sampling_ratio, width,
+                             per_sample)
+    reduce = _bin_maximum(axis_y, axis_x) if per_sample else None
+    return pool_separable(input, rois[:, 0].long(), axis_y, axis_x, reduce)
+
+
+class ROIAlign(nn.Module):
+    """:func:`roi_align` as a module: ``forward(input, boxes)``."""
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float,
+                 sampling_ratio: int, aligned: bool = False, mode: str = "avg"):
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"ROIAlign: mode must be one of {_MODES}, got {mode!r}")
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.mode = mode
+
+    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+        return roi_align(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio,
+                         self.aligned, self.mode)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, mode={self.mode!r}")

@@ -1,0 +1,85 @@
+"""RoIWarp (Dai et al., "Instance-aware Semantic Segmentation via Multi-task Network Cascades",
+CVPR 2016), the Mask R-CNN paper's Table 2c ablation.
+
+The RoI is first quantised to whole feature pixels, as RoIPool does: its edges are rounded to the
+nearest pixel (halves up) after scaling, and clamped onto the map. The crop of pixels
+``x_start .. x_end`` (inclusive) is then resized to the output size by bilinear interpolation with
+``align_corners=False`` semantics (``torch.nn.functional.interpolate``): output column q samples
+the crop at (q + 0.5) * crop_width / Q - 0.5, clamped onto the crop. The quantisation is what
+RoIAlign removes; no gradient flows to the boxes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .roi_align import as_rois
+from .separable import AxisWeights, hat, pool_separable, window_pixels
+
+__all__ = ["roi_warp", "ROIWarp"]
+
+
+class ResizedCrop(AxisWeights):
+    """Bilinear resize of each crop ``start .. start + length - 1`` to ``pooled`` samples."""
+
+    def __init__(self, start: Tensor, length: Tensor, pooled: int, dtype: torch.dtype):
+        self.start, self.length, self.pooled, self.dtype = start, length, pooled, dtype
+
+    def matrix(self, rows: Tensor, length: int) -> Tensor:
+        crop = self.length[rows, None].to(self.dtype)
+        outputs = torch.arange(self.pooled, device=rows.device, dtype=self.dtype)
+        source = ((outputs[None] + 0.5) * crop / self.pooled - 0.5).clamp(min=0)
+        source = torch.minimum(source, crop - 1)  # (G, P), in crop pixels
+        pixels = window_pixels(torch.zeros_like(rows), length, self.dtype)
+        return hat(source[:, :, None] - pixels[:, None, :])
+
+
+def _quantise(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    start = torch.floor(low + 0.5).clamp(0, size - 1).long()
+    end = torch.floor(high + 0.5).clamp(0, size - 1).long()
+    return start, torch.maximum(end, start) - start + 1
+
+
+def roi_warp(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoIWarp (see the module docstring): quantise, crop, bilinear resize -> (K, C, P, Q).
+
+    Args:
+        input: (N, C, H, W) features.
+        boxes: (K, 5) rows (batch_index, x1, y1, x2, y2) in image pixels, or a list of N
+            Tensor[L, 4].
+        output_size: (P, Q), or one int for both.
+        spatial_scale: feature-map pixels per image pixel.
+    """
+    pooled_h, pooled_w = _pair(output_size)
+    rois = as_rois(boxes, input).detach()
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
+    height, width = input.shape[-2:]
+    scaled = rois[:, 1:] * spatial_scale
+    start_y, length_y = _quantise(scaled[:, 1], scaled[:, 3], height)
+    start_x, length_x = _quantise(scaled[:, 0], scaled[:, 2], width)
+    axis_y = ResizedCrop(start_y, length_y, pooled_h, input.dtype)
+    axis_x = ResizedCrop(start_x, length_x, pooled_w, input.dtype)
+    return pool_separable(input, rois[:, 0].long(), axis_y, axis_x)
+
+
+class ROIWarp(nn.Module):
+    """:func:`roi_warp` as a module: ``forward(input, boxes)``."""
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+        return roi_warp(input, boxes, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
