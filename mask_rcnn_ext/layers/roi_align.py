@@ -83,12 +83,16 @@ class BilinearSamples(AxisWeights):
         steps = torch.arange(max(int(self.grid.max()), 1) if len(self.grid) else 1,
                              device=roi_start.device, dtype=roi_start.dtype)
         bin_size = bin_size[:, None, None]
+        grid = self.grid.clamp(min=1)[:, None, None]
+        # Bins of RoIs with fewer samples than others repeat their own samples, so that every
+        # sample slot holds a real sample: a maximum needs no mask, and an average skips them.
+        self.real = steps[None, None, :] < self.grid[:, None, None]  # (K, 1, S)
+        sample = torch.remainder(steps[None, None, :], grid)
         # (K, P, S), in the reference kernels' arithmetic order: start + p*bin + (s+.5)*bin/grid.
         self.position = (roi_start[:, None, None] + bins[None, :, None] * bin_size
-                         + (steps[None, None, :] + 0.5) * bin_size
-                         / self.grid.clamp(min=1)[:, None, None])
-        self.valid = (steps[None, None, :] < self.grid[:, None, None]) & (
-            self.position >= -1) & (self.position <= size)
+                         + (sample + 0.5) * bin_size / grid)
+        self.valid = (self.grid[:, None, None] > 0) & (self.position >= -1) & (
+            self.position <= size)
         # The window spans the valid samples, clamped onto the map.
         on_map = self.position.clamp(0, size - 1)
         low = torch.where(self.valid, on_map, math.inf).amin(dim=(1, 2))
@@ -104,6 +108,8 @@ class BilinearSamples(AxisWeights):
         samples = self.samples_per_bin(rows)
         position = self.position[rows, :, :samples]
         valid = self.valid[rows, :, :samples]
+        if not self.per_sample:
+            valid = valid & self.real[rows, :, :samples]
         pixels = window_pixels(self.start[rows], length, position.dtype)
         # For a sample on the map (after clamping), linear interpolation weights pixel i by
         # hat(position - i); this also reproduces the kernels' clamping at both borders.
@@ -119,16 +125,10 @@ def _bin_maximum(axis_y: BilinearSamples, axis_x: BilinearSamples):
     """``reduce`` for :func:`pool_separable`: the maximum over each bin's samples."""
 
     def reduce(values: Tensor, rows: Tensor) -> Tensor:
+        num, _, _, channels = values.shape
         samples_y, samples_x = axis_y.samples_per_bin(rows), axis_x.samples_per_bin(rows)
-        num, channels = values.shape[:2]
-        values = values.view(num, channels, axis_y.pooled, samples_y, axis_x.pooled, samples_x)
-        grid_y, grid_x = axis_y.grid[rows], axis_x.grid[rows]
-        real_y = torch.arange(samples_y, device=values.device) < grid_y[:, None]  # (G, Sy)
-        real_x = torch.arange(samples_x, device=values.device) < grid_x[:, None]
-        real = real_y[:, None, None, :, None, None] & real_x[:, None, None, None, None, :]
-        maximum = values.masked_fill(~real, -math.inf).amax(dim=(3, 5))
-        empty = ((grid_y == 0) | (grid_x == 0))[:, None, None, None]
-        return maximum.masked_fill(empty, 0)
+        values = values.view(num, axis_y.pooled, samples_y, axis_x.pooled, samples_x, channels)
+        return values.amax(dim=(2, 4))
 
     return reduce
 
