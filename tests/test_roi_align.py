@@ -117,3 +117,20 @@ def test_module_repr_and_forward():
     features, boxes = _features(), _boxes()
     torch.testing.assert_close(module(features, boxes),
                                roi_align(features, boxes, 7, 0.25, 0, True, "max"))
+
+
+@pytest.mark.parametrize("direct_fraction", [0.0, 1e9])
+def test_both_window_gather_paths(monkeypatch, direct_fraction):
+    """Windows come from a pixel-row copy of the map, or straight from the NCHW map when they
+    cover little of it; both give torchvision's results and gradients."""
+    from mask_rcnn_ext.layers import separable
+
+    monkeypatch.setattr(separable, "_DIRECT_GATHER_FRACTION", direct_fraction)
+    features = _features(torch.float64).requires_grad_(True)
+    boxes = _boxes(torch.float64)
+    ours = roi_align(features, boxes, 4, 0.5, 0, True)
+    reference = torchvision_roi_align(features, boxes, 4, 0.5, 0, True)
+    torch.testing.assert_close(ours, reference)
+    grad = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, features, grad)[0],
+                               torch.autograd.grad(reference, features, grad)[0])

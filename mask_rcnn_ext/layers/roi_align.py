@@ -16,8 +16,8 @@ clamped onto the map.
 interpolation of its four neighbours. (ONNX Runtime's RoiAlign "max" takes the maximum of the four
 weighted neighbour *terms* instead, and other implementations differ again; results are not
 interchangeable.) Out-of-map samples (value 0) take part in the maximum; a bin with no samples
-(an empty box with adaptive sampling) is 0. Gradients flow to the maximising sample(s); exact ties
-share the gradient equally.
+(an empty box with adaptive sampling) is 0. The gradient flows to the maximising sample (the
+first one, on exact ties, as ``torch.max``).
 
 Gradients are taken with respect to the features, not the boxes (as torchvision).
 """
@@ -100,6 +100,7 @@ class BilinearSamples(AxisWeights):
         has_samples = self.valid.any(dim=2).any(dim=1)
         self.start = torch.where(has_samples, low, 0).floor().long()
         self.length = torch.where(has_samples, high.ceil().long() - self.start + 1, 1)
+        self.rows = pooled * self.grid.clamp(min=1) if per_sample else None
 
     def samples_per_bin(self, rows: Tensor) -> int:
         return max(int(self.grid[rows].max()), 1)
@@ -121,14 +122,44 @@ class BilinearSamples(AxisWeights):
         return weights.sum(2) / grid
 
 
+class _BinMaximum(torch.autograd.Function):
+    """The maximum over each bin's Sy x Sx samples: (G, P*Sy, Q*Sx, C) -> (G, P, Q, C).
+
+    Keeps only the winning sample's position (uint8) for the backward, which sends each bin's
+    gradient to that one sample (the first of equal maxima, like ``torch.max``).
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, pooled_y: int, pooled_x: int) -> Tensor:
+        num, rows, columns, channels = values.shape
+        samples_y, samples_x = rows // pooled_y, columns // pooled_x
+        grid = values.view(num, pooled_y, samples_y, pooled_x, samples_x, channels)
+        best_in_row, winner_x = grid.max(dim=4)  # (G, P, Sy, Q, C)
+        best, winner_y = best_in_row.max(dim=2)  # (G, P, Q, C)
+        winner_x = winner_x.gather(2, winner_y.unsqueeze(2)).squeeze(2)
+        ctx.save_for_backward(winner_y.to(torch.uint8), winner_x.to(torch.uint8))
+        ctx.samples = (samples_y, samples_x)
+        return best
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        winner_y, winner_x = ctx.saved_tensors
+        samples_y, samples_x = ctx.samples
+        num, pooled_y, pooled_x, channels = grad.shape
+        steps_y = torch.arange(samples_y, device=grad.device, dtype=torch.uint8)
+        steps_x = torch.arange(samples_x, device=grad.device, dtype=torch.uint8)
+        chosen = (winner_y[:, :, None, :, None, :] == steps_y[:, None, None, None]) & (
+            winner_x[:, :, None, :, None, :] == steps_x[:, None])
+        grad_values = torch.where(chosen, grad[:, :, None, :, None, :], 0)
+        shape = (num, pooled_y * samples_y, pooled_x * samples_x, channels)
+        return grad_values.reshape(shape), None, None
+
+
 def _bin_maximum(axis_y: BilinearSamples, axis_x: BilinearSamples):
     """``reduce`` for :func:`pool_separable`: the maximum over each bin's samples."""
 
     def reduce(values: Tensor, rows: Tensor) -> Tensor:
-        num, _, _, channels = values.shape
-        samples_y, samples_x = axis_y.samples_per_bin(rows), axis_x.samples_per_bin(rows)
-        values = values.view(num, axis_y.pooled, samples_y, axis_x.pooled, samples_x, channels)
-        return values.amax(dim=(2, 4))
+        return _BinMaximum.apply(values, axis_y.pooled, axis_x.pooled)
 
     return reduce
 

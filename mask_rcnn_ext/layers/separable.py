@@ -15,6 +15,7 @@ The whole computation is differentiable by autograd, including with respect to t
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
@@ -27,6 +28,12 @@ __all__ = ["AxisWeights", "hat", "pool_separable", "window_pixels"]
 # Kept well under glibc's largest mmap threshold (32 MB), so that chunk temporaries are reused
 # from the heap instead of being fresh pages that fault on first touch (measured: 2x slower).
 _CHUNK_VALUES = 1 << 22
+# Below this many window pixels per map pixel, windows are read straight from the NCHW map
+# instead of converting the map to pixel rows first (measured: the direct gather is cheaper up
+# to about one window pixel per map pixel; the conversion is a map-sized copy).
+_DIRECT_GATHER_FRACTION = 1.0
+# Pixels per block when transposing a gradient back to NCHW on CPU (measured best of 64-1024).
+_TRANSPOSE_BLOCK = 256
 
 
 def hat(t: Tensor) -> Tensor:
@@ -43,11 +50,14 @@ class AxisWeights(ABC):
     """The weights along one axis (y or x) of every RoI, over a window of pixels.
 
     ``start`` and ``length`` (both (K,) int64) are each RoI's window: pixels
-    ``start .. start + length - 1``, all inside the feature map.
+    ``start .. start + length - 1``, all inside the feature map. ``rows`` ((K,) int64, or None
+    when every RoI needs the same number) is how many matrix rows each RoI needs; RoIs needing
+    similar numbers are chunked together.
     """
 
     start: Tensor
     length: Tensor
+    rows: Tensor | None = None
 
     @abstractmethod
     def matrix(self, rows: Tensor, length: int) -> Tensor:
@@ -58,22 +68,30 @@ class AxisWeights(ABC):
         """
 
 
-def _chunks(
-    lengths_y: Tensor, lengths_x: Tensor, channels: int
-) -> Iterator[tuple[Tensor, int, int]]:
-    """RoI indices grouped by similar window size: (rows, padded Ly, padded Lx) per group."""
-    area = lengths_y * lengths_x
-    order = torch.argsort(area)
-    ly_sorted = lengths_y[order].tolist()
-    lx_sorted = lengths_x[order].tolist()
+def _chunks(axis_y: AxisWeights, axis_x: AxisWeights,
+            channels: int) -> Iterator[tuple[Tensor, int, int]]:
+    """RoI indices grouped by similar size: (rows, padded Ly, padded Lx) per group.
+
+    Sorted by the number of output values (matrix rows x columns) first, then by window area,
+    so that padding stays small; a group's padded windows and outputs stay under the budget.
+    """
+    window = axis_y.length * axis_x.length
+    outputs = torch.ones_like(window)
+    for axis in (axis_y, axis_x):
+        if axis.rows is not None:
+            outputs = outputs * axis.rows
+    order = torch.argsort(outputs * (int(window.max()) + 1) + window)
+    length_y, length_x = axis_y.length[order].tolist(), axis_x.length[order].tolist()
+    size = outputs[order].tolist()
     begin = 0
-    while begin < len(ly_sorted):
-        end, max_y, max_x = begin, 1, 1
-        while end < len(ly_sorted):
-            grown_y, grown_x = max(max_y, ly_sorted[end]), max(max_x, lx_sorted[end])
-            if end > begin and (end + 1 - begin) * grown_y * grown_x * channels > _CHUNK_VALUES:
+    while begin < len(order):
+        end, max_y, max_x, max_size = begin, 1, 1, 1
+        while end < len(order):
+            grown = max(max_y, length_y[end]), max(max_x, length_x[end]), max(max_size, size[end])
+            per_roi = max(grown[0] * grown[1], grown[2]) * channels
+            if end > begin and (end + 1 - begin) * per_roi > _CHUNK_VALUES:
                 break
-            max_y, max_x, end = grown_y, grown_x, end + 1
+            (max_y, max_x, max_size), end = grown, end + 1
         yield order[begin:end], max_y, max_x
         begin = end
 
@@ -84,18 +102,25 @@ class _WindowContraction(torch.autograd.Function):
     Inputs: the (N, C, H, W) features, then per chunk its window pixel index (G, Ly, Lx) into the
     features' pixels and its weights (G, R, Ly) and (G, S, Lx). Outputs per chunk: (G, R, S, C).
     Windows are contracted along y first, one (R x Ly) @ (Ly x Lx*C) product per RoI, then along
-    x. The backward accumulates every chunk's window gradients into one channels-last buffer
-    with ``index_add_`` and returns it as the (channels_last) features gradient; autograd's own
-    indexing backward would allocate and fill one feature-sized buffer per chunk.
+    x. The backward accumulates every chunk's window gradients into one pixel-row buffer with
+    ``index_add_`` (autograd's own indexing backward would allocate and fill one feature-sized
+    buffer per chunk) and returns it in the features' NCHW layout.
     """
 
     @staticmethod
     def forward(ctx, features: Tensor, *chunks: Tensor) -> tuple[Tensor, ...]:
-        table = _pixel_table(features)
+        window_pixels = sum(index.numel() for index in chunks[0::3])
+        # Converting the whole map to pixel rows pays off when the windows cover much of it;
+        # otherwise each window value is read straight from the NCHW map.
+        if window_pixels > _DIRECT_GATHER_FRACTION * features.numel() // features.shape[1]:
+            table = _pixel_table(features)
+            gather = functools.partial(_gather, table)
+        else:
+            gather = functools.partial(_gather_direct, features)
         outputs = []
         for index, weights_y, weights_x in zip(chunks[0::3], chunks[1::3], chunks[2::3],
                                                 strict=True):
-            along_y = _contract_y(_gather(table, index), weights_y)
+            along_y = _contract_y(gather(index), weights_y)
             outputs.append(torch.matmul(weights_x[:, None], along_y))
         ctx.save_for_backward(features, *chunks)
         return tuple(outputs)
@@ -104,10 +129,9 @@ class _WindowContraction(torch.autograd.Function):
     def backward(ctx, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
         features, *chunks = ctx.saved_tensors
         channels = features.shape[1]
-        grad_features = grad_table = None
+        grad_table = None
         if ctx.needs_input_grad[0]:
-            grad_features = torch.zeros_like(features, memory_format=torch.channels_last)
-            grad_table = _pixel_table(grad_features)  # a view: index_add_ writes into it
+            grad_table = features.new_zeros(features.numel() // channels, channels)
         table = None
         grad_chunks: list[Tensor | None] = []
         for position, grad_values in enumerate(grad_outputs):
@@ -132,6 +156,7 @@ class _WindowContraction(torch.autograd.Function):
                 along_y = _contract_y(windows, weights_y)
                 grad_x = torch.einsum("grsc,grxc->gsx", grad_values, along_y)
             grad_chunks += [None, grad_y, grad_x]
+        grad_features = None if grad_table is None else _channels_first(grad_table, features.shape)
         return (grad_features, *grad_chunks)
 
 
@@ -141,9 +166,33 @@ def _pixel_table(features: Tensor) -> Tensor:
     return features.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
 
 
+def _channels_first(table: Tensor, shape: torch.Size) -> Tensor:
+    """(N*H*W, C) pixel rows -> contiguous (N, C, H, W).
+
+    On CPU, copied in blocks of pixels: one strided copy of a feature-sized map walks memory with
+    a large stride and measured 2x slower (126 vs 63 ms for 2 x 256 x 200 x 304).
+    """
+    num_images, channels, height, width = shape
+    rows = table.view(num_images, height * width, channels)
+    if table.device.type != "cpu":
+        return rows.permute(0, 2, 1).reshape(shape).contiguous()
+    output = table.new_empty(num_images, channels, height * width)
+    for start in range(0, height * width, _TRANSPOSE_BLOCK):
+        block = slice(start, start + _TRANSPOSE_BLOCK)
+        output[:, :, block].copy_(rows[:, block].transpose(1, 2))
+    return output.view(shape)
+
+
 def _gather(table: Tensor, index: Tensor) -> Tensor:
     """The (G, Ly, Lx) window pixels' rows of ``table`` -> (G, Ly, Lx, C)."""
     return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
+
+
+def _gather_direct(features: Tensor, index: Tensor) -> Tensor:
+    """The (G, Ly, Lx) window pixels (indices into N*H*W) of NCHW ``features`` -> (G, Ly, Lx, C)."""
+    num_images, channels, height, width = features.shape
+    image, pixel = index // (height * width), index % (height * width)
+    return features.view(num_images, channels, height * width)[image, :, pixel]
 
 
 def _contract_y(windows: Tensor, weights_y: Tensor) -> Tensor:
@@ -177,7 +226,7 @@ def pool_separable(
     if batch_index.shape[0] == 0:
         raise ValueError("pool_separable needs at least one RoI")
     order, chunk_tensors = [], []
-    for rows, length_y, length_x in _chunks(axis_y.length, axis_x.length, channels):
+    for rows, length_y, length_x in _chunks(axis_y, axis_x, channels):
         offsets_y = torch.arange(length_y, device=features.device)
         offsets_x = torch.arange(length_x, device=features.device)
         # Pixels past the map only pad short windows: clamp them, their weights are zero.
