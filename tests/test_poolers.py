@@ -124,3 +124,18 @@ def test_bad_arguments_are_named():
     pooler = ROIPooler(7, SCALES, 0, "ROIAlignV2")
     with pytest.raises(ValueError, match="has 4 levels, got 3 maps"):
         pooler(_pyramid()[:3], _box_lists())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pooler_type", sorted(REQUIRED_TYPES))
+def test_cuda_equals_cpu(pooler_type):
+    features = [f.requires_grad_(True) for f in _pyramid(torch.float64)]
+    boxes = _box_lists(torch.float64)
+    pooler = ROIPooler((7, 5), SCALES, 0, pooler_type)
+    cpu = pooler(features, boxes)
+    (grad_cpu,) = torch.autograd.grad(cpu.sum(), features[0])
+    features_cuda = [f.detach().cuda().requires_grad_(True) for f in features]
+    cuda = pooler(features_cuda, [Boxes(b.tensor.cuda()) for b in boxes])
+    (grad_cuda,) = torch.autograd.grad(cuda.sum(), features_cuda[0])
+    torch.testing.assert_close(cuda.cpu(), cpu)
+    torch.testing.assert_close(grad_cuda.cpu(), grad_cpu)

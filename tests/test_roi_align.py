@@ -134,3 +134,13 @@ def test_both_window_gather_paths(monkeypatch, direct_fraction):
     grad = torch.randn_like(ours)
     torch.testing.assert_close(torch.autograd.grad(ours, features, grad)[0],
                                torch.autograd.grad(reference, features, grad)[0])
+
+
+def test_export_is_refused_clearly():
+    """The claim in mask_rcnn_ext.layers: no tracing/scripting/ONNX; tracing says why."""
+    module = ROIAlign(3, 0.5, 0, aligned=True)
+    features, boxes = _features(), _boxes()
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        torch.jit.trace(module, (features, boxes))
+    with pytest.raises(Exception):  # noqa: B017 - TorchScript's own compile error
+        torch.jit.script(module)

@@ -2,6 +2,9 @@
 
 All share the separable core in :mod:`mask_rcnn_ext.layers.separable`. RoIPool, for the paper's
 ablation, is torchvision's (re-exported here).
+
+Export: these ops run eagerly on CPU and CUDA. They cannot be traced, scripted or exported to
+ONNX (their work split depends on box values); tracing raises an error that says so.
 """
 
 from torchvision.ops import RoIPool as ROIPool

@@ -225,6 +225,13 @@ def pool_separable(
     _, channels, height, width = features.shape
     if batch_index.shape[0] == 0:
         raise ValueError("pool_separable needs at least one RoI")
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            "mask_rcnn_ext's RoI poolers cannot be traced (nor exported to TorchScript or ONNX): "
+            "how they split the work depends on the box values, which a trace would freeze. "
+            "For export, build the model with Detectron2's poolers (POOLER_TYPE ROIAlignV2 or "
+            "ROIAlign and Detectron2's own ROI heads)."
+        )
     order, chunk_tensors = [], []
     for rows, length_y, length_x in _chunks(axis_y, axis_x, channels):
         offsets_y = torch.arange(length_y, device=features.device)
