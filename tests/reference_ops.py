@@ -25,31 +25,49 @@ def bilinear_sample(feature, y, x):
                  + ly * (1 - lx) * feature[y1, x0] + ly * lx * feature[y1, x1])
 
 
-def roi_align_max(features, rois, output_size, scale, sampling_ratio, aligned):
-    """Max over each bin's bilinear samples, one sample at a time (float64)."""
+def pool_bins(features, image_index, output_size, grids, sample_point, aggregate):
+    """Reference pooling, one sample at a time (float64).
+
+    For RoI k (on image ``image_index[k]``), every channel and bin (p, q): ``aggregate`` of the
+    bilinear samples at ``sample_point(k, p, q, iy, ix)`` (y, x) for iy, ix in ``grids[k]``.
+    """
     import torch
 
     pooled_h, pooled_w = output_size
-    output = torch.zeros(len(rois), features.shape[1], pooled_h, pooled_w, dtype=torch.float64)
+    output = torch.zeros(len(grids), features.shape[1], pooled_h, pooled_w, dtype=torch.float64)
+    for k, (grid_h, grid_w) in enumerate(grids):
+        for c in range(features.shape[1]):
+            feature = features[image_index[k], c].double()
+            for p in range(pooled_h):
+                for q in range(pooled_w):
+                    values = [bilinear_sample(feature, *sample_point(k, p, q, iy, ix))
+                              for iy in range(grid_h) for ix in range(grid_w)]
+                    output[k, c, p, q] = aggregate(values)
+    return output
+
+
+def roi_align_max(features, rois, output_size, scale, sampling_ratio, aligned):
+    """Max over each bin's bilinear samples."""
+    pooled_h, pooled_w = output_size
     offset = 0.5 if aligned else 0.0
-    for k, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+    geometry, grids = [], []
+    for x1, y1, x2, y2 in rois[:, 1:].tolist():
         x1, y1, x2, y2 = (v * scale - offset for v in (x1, y1, x2, y2))
         width, height = x2 - x1, y2 - y1
         if not aligned:
             width, height = max(width, 1.0), max(height, 1.0)
-        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(height / pooled_h)
-        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(width / pooled_w)
-        for c in range(features.shape[1]):
-            feature = features[int(b), c].double()
-            for p in range(pooled_h):
-                for q in range(pooled_w):
-                    values = [
-                        bilinear_sample(feature, y1 + (p + (iy + 0.5) / grid_h) * height / pooled_h,
-                                        x1 + (q + (ix + 0.5) / grid_w) * width / pooled_w)
-                        for iy in range(grid_h) for ix in range(grid_w)
-                    ]
-                    output[k, c, p, q] = max(values) if values else 0.0
-    return output
+        geometry.append((x1, y1, width, height))
+        grids.append((sampling_ratio if sampling_ratio > 0 else math.ceil(height / pooled_h),
+                      sampling_ratio if sampling_ratio > 0 else math.ceil(width / pooled_w)))
+
+    def sample_point(k, p, q, iy, ix):
+        x1, y1, width, height = geometry[k]
+        grid_h, grid_w = grids[k]
+        return (y1 + (p + (iy + 0.5) / grid_h) * height / pooled_h,
+                x1 + (q + (ix + 0.5) / grid_w) * width / pooled_w)
+
+    return pool_bins(features, rois[:, 0].long().tolist(), output_size, grids, sample_point,
+                     lambda values: max(values) if values else 0.0)
 
 
 def interpolated(feature, y, x):

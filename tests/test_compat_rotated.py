@@ -13,7 +13,7 @@ from shapely.affinity import rotate
 from torchvision.ops import roi_align
 
 from detectron2_compat import rotated
-from reference_ops import bilinear_sample
+from reference_ops import pool_bins
 
 
 def _polygon(box):
@@ -138,27 +138,25 @@ def test_detectron2_batched_nms_rotated_uses_the_registered_op():
 
 
 def _roi_align_rotated_reference(features, rois, scale, pooled_h, pooled_w, sampling_ratio):
-    output = torch.zeros(len(rois), features.shape[1], pooled_h, pooled_w, dtype=torch.float64)
-    for k, (b, cx, cy, w, h, angle) in enumerate(rois.tolist()):
-        cx, cy, w, h = cx * scale - 0.5, cy * scale - 0.5, w * scale, h * scale
-        theta = math.radians(angle)
-        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(h / pooled_h)
-        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(w / pooled_w)
-        for c in range(features.shape[1]):
-            feature = features[int(b), c].double()
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    total = 0.0
-                    for iy in range(grid_h):
-                        for ix in range(grid_w):
-                            # sample in the RoI frame, relative to its centre
-                            v = -h / 2 + (ph + (iy + 0.5) / grid_h) * h / pooled_h
-                            u = -w / 2 + (pw + (ix + 0.5) / grid_w) * w / pooled_w
-                            y = v * math.cos(theta) - u * math.sin(theta) + cy
-                            x = v * math.sin(theta) + u * math.cos(theta) + cx
-                            total += bilinear_sample(feature, y, x)
-                    output[k, c, ph, pw] = total / max(grid_h * grid_w, 1)
-    return output
+    geometry, grids = [], []
+    for cx, cy, w, h, angle in rois[:, 1:].tolist():
+        geometry.append((cx * scale - 0.5, cy * scale - 0.5, w * scale, h * scale,
+                         math.radians(angle)))
+        h, w = h * scale, w * scale
+        grids.append((sampling_ratio if sampling_ratio > 0 else math.ceil(h / pooled_h),
+                      sampling_ratio if sampling_ratio > 0 else math.ceil(w / pooled_w)))
+
+    def sample_point(k, p, q, iy, ix):
+        cx, cy, w, h, theta = geometry[k]
+        grid_h, grid_w = grids[k]
+        # the sample in the RoI's own frame, relative to its centre, then rotated
+        v = -h / 2 + (p + (iy + 0.5) / grid_h) * h / pooled_h
+        u = -w / 2 + (q + (ix + 0.5) / grid_w) * w / pooled_w
+        return (v * math.cos(theta) - u * math.sin(theta) + cy,
+                v * math.sin(theta) + u * math.cos(theta) + cx)
+
+    return pool_bins(features, rois[:, 0].long().tolist(), (pooled_h, pooled_w), grids,
+                     sample_point, lambda values: sum(values) / max(len(values), 1))
 
 
 def _rotated_rois():
