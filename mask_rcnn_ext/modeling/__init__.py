@@ -1,5 +1,8 @@
 """Detectron2 components; importing this module registers them."""
 
+from .mask_head import MaskRCNNFCNHead
+from .mask_scoring import MaskIoUHead
 from .poolers import POOLER_REGISTRY, ROIPooler
+from .roi_heads import MaskRCNNExtROIHeads
 
-__all__ = ["POOLER_REGISTRY", "ROIPooler"]
+__all__ = ["POOLER_REGISTRY", "ROIPooler", "MaskRCNNFCNHead", "MaskIoUHead", "MaskRCNNExtROIHeads"]

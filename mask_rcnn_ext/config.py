@@ -1,0 +1,45 @@
+"""Config keys of mask_rcnn_ext. With their defaults, a model is stock Detectron2 Mask R-CNN.
+
+The pooler types of ``MODEL.ROI_BOX_HEAD.POOLER_TYPE`` and ``MODEL.ROI_MASK_HEAD.POOLER_TYPE``
+accept every name in ``mask_rcnn_ext.modeling.POOLER_REGISTRY`` once the ROI heads are
+``MaskRCNNExtROIHeads``; the mask head options apply to ``MaskRCNNFCNHead``.
+"""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_mask_rcnn_ext_config"]
+
+
+def add_mask_rcnn_ext_config(cfg: CN) -> CN:
+    """Add mask_rcnn_ext's keys to a Detectron2 config (in place; also returned)."""
+    mask = cfg.MODEL.ROI_MASK_HEAD
+    # Side of the predicted masks: 28 (paper), 56 or 112; one 2x deconvolution per doubling of the
+    # pooler resolution (14 -> 28 is the paper's single deconvolution).
+    mask.OUTPUT_RESOLUTION = 28
+    # Mask loss: "sigmoid" (paper: per-class binary cross-entropy on the ground-truth class only)
+    # or "softmax" (Table 2b ablation: a per-pixel multinomial over background + K classes).
+    mask.LOSS = "sigmoid"
+    # Mask head architecture: "fcn" (paper) or "mlp" (Table 2e ablation: fc layers on the pooled
+    # features, predicting all K masks from one vector).
+    mask.ARCH = "fcn"
+    # Hidden width of the "mlp" head's two fc layers (paper Table 2e: 1024).
+    mask.MLP_DIM = 1024
+
+    # Mask Scoring R-CNN (Huang et al., CVPR 2019): a MaskIoU head regresses the IoU of each
+    # predicted mask with its ground truth; at inference, score = class score x predicted IoU.
+    cfg.MODEL.ROI_MASK_SCORING = CN()
+    scoring = cfg.MODEL.ROI_MASK_SCORING
+    # Whether the MaskIoU branch is built, trained and used for scores.
+    scoring.ENABLED = False
+    # 3x3 convolutions on [mask features, max-pooled predicted mask]; the last has stride 2.
+    scoring.NUM_CONV = 4
+    # Channels of those convolutions.
+    scoring.CONV_DIM = 256
+    # Hidden fc layers after the convolutions, and their width.
+    scoring.NUM_FC = 2
+    scoring.FC_DIM = 1024
+    # Weight of the MaskIoU regression (L2) loss.
+    scoring.LOSS_WEIGHT = 1.0
+    # Predicted-mask probability threshold for the IoU target's binary mask.
+    scoring.MASK_THRESHOLD = 0.5
+    return cfg

@@ -1,0 +1,214 @@
+"""``MaskRCNNFCNHead``: Mask R-CNN's mask head (He et al. 2017, Sec. 3 and Fig. 4) with the
+paper's ablation options.
+
+With the defaults it is Detectron2's ``MaskRCNNConvUpsampleHead``: the same layers under the same
+names (``mask_fcn{k}``, ``deconv``, ``predictor``), the same initialisation, loss and inference, so
+stock weights load unchanged. Options (``add_mask_rcnn_ext_config``):
+
+* ``OUTPUT_RESOLUTION``: 28, 56 or 112; each doubling past the first adds a 2x deconvolution
+  (``deconv2``, ``deconv3``);
+* ``LOSS``: "sigmoid", a binary cross-entropy on the ground-truth class's channel only (the
+  paper's decoupling of mask and class), or "softmax", a per-pixel multinomial over background and
+  the K classes (the paper's Table 2b alternative, which couples them);
+* ``ARCH``: "fcn", or "mlp" (Table 2e): two fc layers on the flattened pooled features, then one
+  fc predicting all masks;
+* ``NORM``: "", "GN", "BN", ... (Detectron2's ``get_norm``) after each 3x3 convolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
+from detectron2.modeling.roi_heads.mask_head import (
+    ROI_MASK_HEAD_REGISTRY,
+    BaseMaskRCNNHead,
+    mask_rcnn_inference,
+    mask_rcnn_loss,
+)
+from detectron2.structures import Instances
+from torch import Tensor, nn
+
+__all__ = [
+    "MaskRCNNFCNHead",
+    "cropped_gt_masks",
+    "mask_probabilities",
+    "mask_rcnn_softmax_loss",
+]
+
+_LOSSES = ("sigmoid", "softmax")
+_ARCHS = ("fcn", "mlp")
+
+
+def cropped_gt_masks(instances: list[Instances], side: int) -> tuple[Tensor, Tensor]:
+    """Ground-truth masks of the proposals' matched objects, cropped to each proposal box and
+    resized to side x side -> (bool (N, side, side), int64 classes (N,))."""
+    masks, classes = [], []
+    for per_image in instances:
+        if len(per_image) == 0:
+            continue
+        masks.append(per_image.gt_masks.crop_and_resize(per_image.proposal_boxes.tensor, side))
+        classes.append(per_image.gt_classes)
+    if not masks:
+        return torch.zeros(0, side, side, dtype=torch.bool), torch.zeros(0, dtype=torch.int64)
+    return cat(masks) > 0.5, cat(classes)
+
+
+def mask_rcnn_softmax_loss(logits: Tensor, instances: list[Instances]) -> Tensor:
+    """Per-pixel multinomial mask loss (paper Table 2b).
+
+    Args:
+        logits: (N, K + 1, R, R): channel 0 is background, channel k + 1 class k (class-agnostic:
+            (N, 2, R, R)).
+        instances: per image, the foreground proposals with ``gt_classes`` and ``gt_masks``.
+
+    Returns:
+        The cross-entropy averaged over all pixels of all proposals: a pixel inside the matched
+        ground-truth mask should be its class, one outside it background.
+    """
+    masks, classes = cropped_gt_masks(instances, logits.shape[-1])
+    if masks.shape[0] == 0:
+        return logits.sum() * 0
+    masks, classes = masks.to(logits.device), classes.to(logits.device)
+    foreground = classes + 1 if logits.shape[1] > 2 else torch.ones_like(classes)
+    target = torch.where(masks, foreground[:, None, None], 0)
+    return F.cross_entropy(logits, target)
+
+
+def mask_probabilities(logits: Tensor, classes: Tensor, loss: str) -> Tensor:
+    """Each instance's mask probabilities for its class: (N, C, R, R) logits -> (N, R, R)."""
+    index = torch.arange(logits.shape[0], device=logits.device)
+    if loss == "softmax":
+        channel = classes + 1 if logits.shape[1] > 2 else torch.ones_like(classes)
+        return logits.softmax(dim=1)[index, channel]
+    channel = classes if logits.shape[1] > 1 else torch.zeros_like(classes)
+    return logits[index, channel].sigmoid()
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class MaskRCNNFCNHead(BaseMaskRCNNHead):
+    """The mask head: (N, C, P, P) pooled features -> (N, K or K + 1, R, R) mask logits."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, num_classes: int, conv_dims: list[int],
+                 conv_norm: str = "", num_upsample: int = 1, loss: str = "sigmoid",
+                 arch: str = "fcn", mlp_dim: int = 1024, **kwargs):
+        """
+        Args:
+            input_shape: the pooled features (channels, height = width = P).
+            num_classes: K foreground classes, or 1 for class-agnostic masks.
+            conv_dims: widths of the 3x3 convolutions, then of the deconvolution(s) ("fcn").
+            conv_norm: normalisation after each 3x3 convolution.
+            num_upsample: 2x deconvolutions; output side R = P * 2 ** num_upsample.
+            loss: "sigmoid" or "softmax" (softmax predicts a background channel too).
+            arch: "fcn" or "mlp".
+            mlp_dim: hidden width of the "mlp" head.
+        """
+        super().__init__(**kwargs)
+        if loss not in _LOSSES:
+            raise ValueError(f"MODEL.ROI_MASK_HEAD.LOSS must be one of {_LOSSES}, got {loss!r}")
+        if arch not in _ARCHS:
+            raise ValueError(f"MODEL.ROI_MASK_HEAD.ARCH must be one of {_ARCHS}, got {arch!r}")
+        if num_upsample < 1:
+            raise ValueError(f"the mask head needs at least one upsampling, got {num_upsample}")
+        self.loss, self.arch = loss, arch
+        self.output_side = input_shape.height * 2 ** num_upsample
+        out_channels = num_classes + 1 if loss == "softmax" else num_classes
+        if arch == "fcn":
+            self._build_fcn(input_shape.channels, conv_dims, conv_norm, num_upsample,
+                            out_channels)
+        else:
+            self._build_mlp(input_shape, mlp_dim, out_channels)
+
+    def _build_fcn(self, channels, conv_dims, conv_norm, num_upsample, out_channels):
+        self.convs = []
+        for k, conv_dim in enumerate(conv_dims[:-1]):
+            conv = Conv2d(channels, conv_dim, kernel_size=3, padding=1, bias=not conv_norm,
+                          norm=get_norm(conv_norm, conv_dim), activation=nn.ReLU())
+            self.add_module(f"mask_fcn{k + 1}", conv)
+            self.convs.append(conv)
+            channels = conv_dim
+        self.upsamples = []
+        for k in range(num_upsample):
+            # The first keeps Detectron2's name, so that stock weights load.
+            name = "deconv" if k == 0 else f"deconv{k + 1}"
+            deconv = ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
+            self.add_module(name, deconv)
+            self.upsamples.append(deconv)
+            channels = conv_dims[-1]
+        self.predictor = Conv2d(channels, out_channels, kernel_size=1)
+        for layer in self.convs + self.upsamples:
+            weight_init.c2_msra_fill(layer)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+    def _build_mlp(self, input_shape, mlp_dim, out_channels):
+        inputs = input_shape.channels * input_shape.height * input_shape.width
+        self.mask_fc1 = nn.Linear(inputs, mlp_dim)
+        self.mask_fc2 = nn.Linear(mlp_dim, mlp_dim)
+        self.predictor = nn.Linear(mlp_dim, out_channels * self.output_side ** 2)
+        for layer in (self.mask_fc1, self.mask_fc2):
+            weight_init.c2_xavier_fill(layer)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        head = cfg.MODEL.ROI_MASK_HEAD
+        doublings = math.log2(head.OUTPUT_RESOLUTION / input_shape.height)
+        if doublings < 1 or not doublings.is_integer():
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION={head.OUTPUT_RESOLUTION} must be "
+                f"POOLER_RESOLUTION ({input_shape.height}) times 2, 4, 8, ..."
+            )
+        ret.update(
+            input_shape=input_shape,
+            conv_dims=[head.CONV_DIM] * (head.NUM_CONV + 1),
+            conv_norm=head.NORM,
+            num_upsample=int(doublings),
+            loss=head.LOSS,
+            arch=head.ARCH,
+            mlp_dim=head.MLP_DIM,
+            num_classes=1 if head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        )
+        return ret
+
+    def layers(self, x: Tensor) -> Tensor:
+        if self.arch == "mlp":
+            x = F.relu(self.mask_fc1(x.flatten(1)))
+            x = F.relu(self.mask_fc2(x))
+            return self.predictor(x).view(x.shape[0], -1, self.output_side, self.output_side)
+        for conv in self.convs:
+            x = conv(x)
+        for deconv in self.upsamples:
+            x = F.relu(deconv(x))
+        return self.predictor(x)
+
+    def losses(self, logits: Tensor, instances: list[Instances]) -> Tensor:
+        """The (unweighted) mask loss of ``logits`` for the foreground proposals ``instances``."""
+        if self.loss == "softmax":
+            return mask_rcnn_softmax_loss(logits, instances)
+        return mask_rcnn_loss(logits, instances, self.vis_period)
+
+    def inference(self, logits: Tensor, instances: list[Instances]) -> None:
+        """Set ``pred_masks`` (N, 1, R, R) probabilities of each instance's predicted class."""
+        if self.loss == "sigmoid":
+            mask_rcnn_inference(logits, instances)
+            return
+        classes = cat([i.pred_classes for i in instances]) if instances else logits.new_zeros(0)
+        probabilities = mask_probabilities(logits, classes.long(), self.loss)[:, None]
+        for per_image, masks in zip(instances, probabilities.split([len(i) for i in instances]),
+                                    strict=True):
+            per_image.pred_masks = masks
+
+    def forward(self, x: Tensor, instances: list[Instances]):
+        logits = self.layers(x)
+        if self.training:
+            return {"loss_mask": self.losses(logits, instances) * self.loss_weight}
+        self.inference(logits, instances)
+        return instances

@@ -1,0 +1,257 @@
+"""MaskRCNNExtROIHeads and MaskRCNNFCNHead: stock Detectron2 with defaults, and each option."""
+
+import logging
+import math
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances, PolygonMasks
+from detectron2.utils.events import EventStorage
+
+from conftest import small_mask_rcnn_cfg
+from mask_rcnn_ext import add_mask_rcnn_ext_config
+from mask_rcnn_ext.modeling import POOLER_REGISTRY, MaskRCNNFCNHead
+from mask_rcnn_ext.modeling.mask_head import mask_rcnn_softmax_loss
+from mask_rcnn_ext.modeling.mask_scoring import mask_iou_targets
+
+
+def _ext(cfg):
+    cfg = cfg.clone()
+    cfg.MODEL.ROI_HEADS.NAME = "MaskRCNNExtROIHeads"
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNFCNHead"
+    return cfg
+
+
+def _batch(seed=0, empty_second=False):
+    """Two normalised-size images with square and triangle instances (exact polygons)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for index in range(2):
+        image = torch.rand(3, 64, 80, generator=generator) * 255
+        instances = Instances((64, 80))
+        polygons, boxes, classes = [], [], []
+        if not (empty_second and index == 1):
+            for k in range(3):
+                x, y = (torch.rand(2, generator=generator) * 40).tolist()
+                side = 10 + 10 * float(torch.rand(1, generator=generator))
+                polygons.append([[x, y, x + side, y, x + side, y + side, x, y + side]])
+                boxes.append([x, y, x + side, y + side])
+                classes.append(k % 2)
+        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4))
+        instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        instances.gt_masks = PolygonMasks(polygons)
+        batch.append({"image": image, "instances": instances, "height": 64, "width": 80})
+    return batch
+
+
+def test_config_defaults_are_stock():
+    stock, ext = get_cfg(), add_mask_rcnn_ext_config(get_cfg())
+
+    def flatten(node, prefix=""):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    stock_keys = dict(flatten(stock))
+    ext_keys = dict(flatten(ext))
+    assert {k: ext_keys[k] for k in stock_keys} == stock_keys
+    mask = ext.MODEL.ROI_MASK_HEAD
+    assert mask.OUTPUT_RESOLUTION == 2 * mask.POOLER_RESOLUTION
+    assert ext.MODEL.ROI_MASK_SCORING.ENABLED is False
+
+
+@pytest.fixture(scope="module")
+def stock_and_ext():
+    cfg = small_mask_rcnn_cfg(depth=18)
+    torch.manual_seed(0)
+    stock = build_model(cfg)
+    ext = build_model(_ext(cfg))
+    result = ext.load_state_dict(stock.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    return stock, ext
+
+
+def test_stock_weights_load_without_missing_or_unexpected_keys(stock_and_ext):
+    stock, ext = stock_and_ext
+    assert set(stock.state_dict()) == set(ext.state_dict())
+    assert type(ext.roi_heads).__name__ == "MaskRCNNExtROIHeads"
+    assert type(ext.roi_heads.mask_head).__name__ == "MaskRCNNFCNHead"
+
+
+def test_training_losses_equal_stock(stock_and_ext):
+    stock, ext = stock_and_ext
+    losses = []
+    for model in (stock, ext):
+        model.train()
+        torch.manual_seed(123)  # proposal sampling draws random numbers
+        with EventStorage():  # the heads log metrics, as under a trainer
+            losses.append({k: v.item() for k, v in model(_batch()).items()})
+    assert set(losses[0]) == set(losses[1]) and "loss_mask" in losses[0]
+    for key, value in losses[0].items():
+        assert losses[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_inference_outputs_equal_stock(stock_and_ext):
+    stock, ext = stock_and_ext
+    outputs = []
+    for model in (stock, ext):
+        model.eval()
+        with torch.no_grad():
+            outputs.append([o["instances"] for o in model(_batch())])
+    for ours, theirs in zip(outputs[1], outputs[0], strict=True):
+        assert len(theirs) > 0
+        torch.testing.assert_close(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
+        torch.testing.assert_close(ours.scores, theirs.scores)
+        torch.testing.assert_close(ours.pred_masks, theirs.pred_masks)
+
+
+def test_mask_scoring_adds_exactly_its_keys_and_logs_them(stock_and_ext, caplog):
+    stock, _ = stock_and_ext
+    cfg = _ext(small_mask_rcnn_cfg(depth=18))
+    cfg.MODEL.ROI_MASK_SCORING.ENABLED = True
+    scored = build_model(cfg)
+    with caplog.at_level(logging.WARNING, logger="mask_rcnn_ext.modeling.roi_heads"):
+        result = scored.load_state_dict(stock.state_dict(), strict=False)
+    new_keys = {k for k in scored.state_dict() if k.startswith("roi_heads.mask_iou_head.")}
+    assert new_keys and set(result.missing_keys) == new_keys
+    assert not result.unexpected_keys
+    assert all(key in caplog.text for key in new_keys)
+
+    scored.train()
+    with EventStorage():
+        losses = scored(_batch())
+    assert "loss_maskiou" in losses and torch.isfinite(losses["loss_maskiou"])
+    scored.eval()
+    with torch.no_grad():
+        (first, _) = scored(_batch())
+    instances = first["instances"]
+    torch.testing.assert_close(instances.scores, instances.box_scores * instances.pred_mask_iou)
+
+
+def _head(loss="sigmoid", arch="fcn", agnostic=False, resolution=28, norm=""):
+    cfg = add_mask_rcnn_ext_config(get_cfg())
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    head = cfg.MODEL.ROI_MASK_HEAD
+    head.LOSS, head.ARCH, head.CLS_AGNOSTIC_MASK = loss, arch, agnostic
+    head.OUTPUT_RESOLUTION, head.NORM, head.NUM_CONV, head.CONV_DIM = resolution, norm, 2, 32
+    head.MLP_DIM = 32
+    return MaskRCNNFCNHead(cfg, ShapeSpec(channels=4, height=14, width=14))
+
+
+def _proposals():
+    instances = Instances((40, 40))
+    instances.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 30.0, 25.0],
+                                                   [10.0, 10.0, 10.0, 10.0]]))  # degenerate
+    instances.gt_classes = torch.tensor([0, 2, 1])
+    square = [[2.0, 2.0, 18.0, 2.0, 18.0, 18.0, 2.0, 18.0]]
+    instances.gt_masks = PolygonMasks([square, square, square])
+    return [instances]
+
+
+def test_sigmoid_loss_gradient_is_zero_off_the_ground_truth_class():
+    head = _head()
+    logits = torch.randn(3, 3, 28, 28, requires_grad=True)
+    with EventStorage():
+        (grad,) = torch.autograd.grad(head.losses(logits, _proposals()), logits)
+    for roi, gt_class in enumerate([0, 2, 1]):
+        for channel in range(3):
+            nonzero = bool(grad[roi, channel].abs().sum() > 0)
+            assert nonzero == (channel == gt_class), (roi, channel)
+
+
+def test_softmax_loss_on_a_hand_computed_case():
+    # One RoI, 2 classes (+ background), a 2 x 2 mask whose ground truth is class 1 on the left
+    # column and background on the right.
+    instances = Instances((10, 10))
+    instances.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0]]))
+    instances.gt_classes = torch.tensor([1])
+    instances.gt_masks = PolygonMasks([[[0.0, 0.0, 1.0, 0.0, 1.0, 2.0, 0.0, 2.0]]])
+    logits = torch.tensor([[[[0.0, 1.0], [2.0, 0.0]],     # background
+                            [[1.0, 0.0], [0.0, 3.0]],     # class 0
+                            [[2.0, 0.5], [1.0, -1.0]]]])  # class 1
+    # Target per pixel: left column -> channel 2 (class 1), right column -> channel 0.
+    expected = 0.0
+    for (row, col), target in {(0, 0): 2, (1, 0): 2, (0, 1): 0, (1, 1): 0}.items():
+        column = logits[0, :, row, col]
+        expected += -(float(column[target]) - math.log(float(column.exp().sum())))
+    loss = mask_rcnn_softmax_loss(logits, [instances])
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-6)
+
+
+def test_mask_iou_target_on_a_hand_built_case():
+    # A 4 x 4 RoI (16 image pixels, 1 per grid cell) over the left half of an 8 x 4 object
+    # (32 pixels); the prediction covers half of the RoI, inside the object: IoU = 8 / 32.
+    probabilities = torch.zeros(1, 4, 4)
+    probabilities[0, :2] = 0.9
+    gt = torch.ones(1, 4, 4, dtype=torch.bool)
+    target = mask_iou_targets(probabilities, gt, torch.tensor([32.0]), torch.tensor([16.0]), 0.5)
+    assert target.item() == pytest.approx(0.25)
+    # A perfect prediction of an object wholly inside its RoI has IoU 1.
+    inside = mask_iou_targets(torch.full((1, 4, 4), 0.9), gt, torch.tensor([16.0]),
+                              torch.tensor([16.0]), 0.5)
+    assert inside.item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("options", [
+    {"loss": "softmax"}, {"arch": "mlp"}, {"agnostic": True}, {"resolution": 56},
+    {"resolution": 112}, {"norm": "GN"}, {"norm": "BN"}, {"loss": "softmax", "agnostic": True},
+])
+def test_head_options_train_and_infer(options):
+    head = _head(**options)
+    resolution = options.get("resolution", 28)
+    features = torch.randn(3, 4, 14, 14)
+    logits = head.layers(features)
+    classes = 1 if options.get("agnostic") else 3
+    assert logits.shape == (3, classes + (options.get("loss") == "softmax"), resolution,
+                            resolution)
+    head.train()
+    with EventStorage():
+        loss = head(features, _proposals())["loss_mask"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    head.eval()
+    instances = Instances((40, 40))
+    instances.pred_classes = torch.tensor([0, 2, 1])
+    head(features, [instances])
+    assert instances.pred_masks.shape == (3, 1, resolution, resolution)
+    assert (instances.pred_masks >= 0).all() and (instances.pred_masks <= 1).all()
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="OUTPUT_RESOLUTION=42"):
+        _head(resolution=42)
+    with pytest.raises(ValueError, match="LOSS must be one of"):
+        _head(loss="focal")
+
+
+def test_images_without_instances_and_degenerate_proposals_train(stock_and_ext):
+    _, ext = stock_and_ext
+    ext.train()
+    with EventStorage():
+        losses = ext(_batch(seed=3, empty_second=True))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in ext.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignMax", "PreciseROIPool", "ROIWarp",
+                                         "ROIPool"])
+def test_every_pooler_type_trains_in_both_branches(pooler_type):
+    cfg = _ext(small_mask_rcnn_cfg(depth=18))
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler_type
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = pooler_type
+    model = build_model(cfg)
+    for branch, resolution in (("box", 7), ("mask", 14)):
+        level = getattr(model.roi_heads, f"{branch}_pooler").level_poolers[0]
+        expected = POOLER_REGISTRY.get(pooler_type)((resolution, resolution), 1 / 4, 0)
+        assert repr(level) == repr(expected)
+    model.train()
+    with EventStorage():
+        losses = model(_batch(seed=4))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
