@@ -1,0 +1,42 @@
+"""Every config in configs/ loads into a fresh config and builds its model."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from mask_rcnn_ext import add_mask_rcnn_ext_config
+from mask_rcnn_ext.modeling import MaskRCNNExtROIHeads, MaskRCNNFCNHead
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+
+
+def load(path):
+    cfg = add_mask_rcnn_ext_config(get_cfg())
+    cfg.merge_from_file(str(path))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def test_configs_are_found():
+    names = {path.relative_to(path.parents[1]).as_posix() for path in CONFIGS}
+    assert {"COCO/mask_rcnn_R_50_FPN_1x.yaml", "COCO/mask_rcnn_R_101_FPN_3x.yaml",
+            "Synthetic/mask_rcnn_R_18_FPN_cpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_config_builds_its_model(path):
+    cfg = load(path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads, MaskRCNNExtROIHeads)
+    assert isinstance(model.roi_heads.mask_head, MaskRCNNFCNHead)
+    assert model.roi_heads.mask_head.output_side == cfg.MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION
+    assert (model.roi_heads.mask_iou_head is not None) == cfg.MODEL.ROI_MASK_SCORING.ENABLED
+    expected = cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE
+    assert type(model.roi_heads.mask_pooler.level_poolers[0]).__name__ in {
+        "ROIAlign", "PreciseROIPool", "ROIWarp", "RoIPool"}
+    if expected == "ROIAlignMax":
+        assert model.roi_heads.mask_pooler.level_poolers[0].mode == "max"
