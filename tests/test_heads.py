@@ -255,3 +255,11 @@ def test_every_pooler_type_trains_in_both_branches(pooler_type):
         losses = model(_batch(seed=4))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+
+
+def test_mask_iou_target_of_a_degenerate_proposal_is_finite():
+    probabilities = torch.rand(2, 28, 28)
+    gt = torch.zeros(2, 28, 28, dtype=torch.bool)
+    targets = mask_iou_targets(probabilities, gt, torch.tensor([50.0, 0.0]),
+                               torch.tensor([0.0, 0.0]), 0.5)
+    assert torch.isfinite(targets).all() and (targets >= 0).all() and (targets <= 1).all()
