@@ -11,7 +11,7 @@ except ImportError as error:
         "Run `make setup` (README, 'Installing'), then `python -m mask_rcnn_ext.check`."
     ) from error
 
-from . import layers, modeling  # noqa: F401 - imported for registration
+from . import data, layers, modeling  # noqa: F401 - imported for registration
 from .config import add_mask_rcnn_ext_config
 
 __all__ = ["add_mask_rcnn_ext_config"]

@@ -1,0 +1,42 @@
+"""The embedded synthetic data set, registered as ``synthetic_train`` and ``synthetic_val``.
+
+Its files live under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``, as
+Detectron2's builtin COCO names), written by ``datasets/prepare_synthetic.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+__all__ = ["register_synthetic"]
+
+SPLITS = ("train", "val")
+
+
+def _load(name: str, json_file: Path, image_root: Path) -> list[dict]:
+    if not json_file.is_file():
+        raise FileNotFoundError(
+            f"data set {name!r}: {json_file} does not exist. Generate the synthetic set with "
+            "`python datasets/prepare_synthetic.py` (or `make demo`), or point "
+            "DETECTRON2_DATASETS at the folder that holds synthetic/."
+        )
+    return load_coco_json(str(json_file), str(image_root), name)
+
+
+def register_synthetic(root: str | os.PathLike | None = None) -> None:
+    """Register ``synthetic_{train,val}`` under ``root`` (default: $DETECTRON2_DATASETS)."""
+    base = Path(root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets"))
+    for split in SPLITS:
+        name = f"synthetic_{split}"
+        json_file = base / "synthetic" / "annotations" / f"instances_{split}.json"
+        image_root = base / "synthetic" / split
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, lambda n=name, j=json_file, i=image_root: _load(n, j, i))
+        MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
+                                      evaluator_type="coco")

@@ -1,0 +1,77 @@
+"""The user workflow end to end: train_net.py (train, resume, --eval-only) and demo.py, on a small
+synthetic set; and the demo's mask AP (slow)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+CONFIG = ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml"
+# The segm AP that `make demo` reaches is stated in the README; the slow test checks it with this
+# margin for run-to-run variation.
+DEMO_MASK_AP_FLOOR = 12.0
+
+
+def _run(args, datasets, timeout=900):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def _copypaste_ap(log: str, task: str) -> float:
+    match = re.search(rf"copypaste: Task: {task}\n.*copypaste: AP,.*\n.*copypaste: ([0-9.]+),", log)
+    assert match, log[-2000:]
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def small_synthetic(tmp_path_factory):
+    datasets = tmp_path_factory.mktemp("datasets")
+    _run(["datasets/prepare_synthetic.py", "--root", str(datasets / "synthetic"), "--train", "8",
+          "--val", "4"], datasets)
+    return datasets
+
+
+def test_train_resume_evaluate_and_draw(small_synthetic, tmp_path):
+    output = tmp_path / "output"
+    small = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH",
+             "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR",
+             str(output)]
+    log = _run(["train_net.py", "--config-file", str(CONFIG), "SOLVER.MAX_ITER", "4",
+                "SOLVER.CHECKPOINT_PERIOD", "2", *small], small_synthetic)
+    assert (output / "model_final.pth").is_file() and (output / "last_checkpoint").is_file()
+    metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    assert any("loss_mask" in m for m in metrics)
+    assert list(output.glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert "eta:" in log
+    _copypaste_ap(log, "segm")  # the evaluation ran and printed its table
+
+    log = _run(["train_net.py", "--config-file", str(CONFIG), "--resume", "SOLVER.MAX_ITER", "6",
+                *small], small_synthetic)
+    assert "Starting training from iteration 4" in log  # continued after the 4 done
+
+    log = _run(["train_net.py", "--config-file", str(CONFIG), "--eval-only", "MODEL.WEIGHTS",
+                str(output / "model_final.pth"), *small], small_synthetic)
+    assert _copypaste_ap(log, "bbox") >= 0 and _copypaste_ap(log, "segm") >= 0
+
+    images = sorted((small_synthetic / "synthetic" / "val").glob("*.png"))[:2]
+    _run(["demo.py", "--config-file", str(CONFIG), "--input", *map(str, images), "--output",
+          str(tmp_path / "vis"), "--confidence-threshold", "0.0", "MODEL.WEIGHTS",
+          str(output / "model_final.pth"), "INPUT.MIN_SIZE_TEST", "128"], small_synthetic)
+    assert sorted(p.name for p in (tmp_path / "vis").glob("*.png")) == [p.name for p in images]
+
+
+@pytest.mark.slow
+def test_demo_reaches_its_documented_mask_ap(tmp_path):
+    datasets = tmp_path / "datasets"
+    _run(["datasets/prepare_synthetic.py", "--root", str(datasets / "synthetic")], datasets)
+    log = _run(["train_net.py", "--config-file", str(CONFIG), "OUTPUT_DIR", str(tmp_path / "out")],
+               datasets, timeout=3600)
+    assert _copypaste_ap(log, "segm") >= DEMO_MASK_AP_FLOOR

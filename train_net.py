@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Train or evaluate Mask R-CNN with mask_rcnn_ext's components on Detectron2's engine.
+
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml
+    python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
+    python train_net.py --config-file CFG --resume            # continue from OUTPUT_DIR
+"""
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from mask_rcnn_ext import add_mask_rcnn_ext_config
+from mask_rcnn_ext.engine import Trainer
+
+
+def setup(args):
+    cfg = add_mask_rcnn_ext_config(get_cfg())
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
