@@ -131,16 +131,18 @@ def write_split(root: Path, split: str, count: int, seed: int) -> Path:
         images.append({"id": index + 1, "file_name": file_name, "height": pixels.shape[0],
                        "width": pixels.shape[1]})
         for obj in objects:
-            merged = MultiPolygon(obj["parts"])
+            # Coordinates are stored to 0.01 px; area and box are those of the stored polygons.
+            polygons = [[round(v, 2) for xy in part.exterior.coords[:-1] for v in xy]
+                        for part in obj["parts"]]
+            merged = MultiPolygon([Polygon(np.reshape(p, (-1, 2))) for p in polygons])
             x1, y1, x2, y2 = merged.bounds
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": index + 1,
                 "category_id": obj["category"] + 1,
-                "segmentation": [[round(v, 2) for xy in part.exterior.coords[:-1] for v in xy]
-                                 for part in obj["parts"]],
-                "area": round(merged.area, 2),
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "segmentation": polygons,
+                "area": merged.area,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "iscrowd": 0,
             })
     json_path = root / "annotations" / f"instances_{split}.json"

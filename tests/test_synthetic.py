@@ -48,9 +48,9 @@ def test_annotations_are_exact_visible_regions(synthetic_root):
         parts = _polygons(annotation)
         assert all(part.is_valid and not part.interiors for part in parts)
         visible = shapely.union_all(parts)
-        assert annotation["area"] == pytest.approx(visible.area, abs=0.05)
+        assert annotation["area"] == pytest.approx(visible.area, rel=1e-9)
         x1, y1, x2, y2 = visible.bounds
-        assert annotation["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.02)
+        assert annotation["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-9)
     for annotations in by_image.values():
         # Visible regions never overlap: occluded parts belong to the object on top.
         for a, b in itertools.combinations(annotations, 2):
