@@ -4,14 +4,15 @@
     python train_net.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
     python train_net.py --config-file CFG --resume            # continue from OUTPUT_DIR
+    python train_net.py --config-file CFG --num-gpus 2        # 2 processes: GPUs, or CPU (gloo)
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 
 from mask_rcnn_ext import add_mask_rcnn_ext_config
-from mask_rcnn_ext.engine import Trainer
+from mask_rcnn_ext.engine import Trainer, launch
 
 
 def setup(args):
