@@ -10,20 +10,17 @@ Visualizer).
 import argparse
 from pathlib import Path
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from mask_rcnn_ext import add_mask_rcnn_ext_config
+from mask_rcnn_ext import load_config
 
 
 def setup(args):
-    cfg = add_mask_rcnn_ext_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
     return cfg

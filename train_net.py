@@ -8,17 +8,14 @@
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 
-from mask_rcnn_ext import add_mask_rcnn_ext_config
+from mask_rcnn_ext import load_config
 from mask_rcnn_ext.engine import Trainer, launch
 
 
 def setup(args):
-    cfg = add_mask_rcnn_ext_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -12,7 +12,7 @@ except ImportError as error:
     ) from error
 
 from . import data, layers, modeling  # noqa: F401 - imported for registration
-from .config import add_mask_rcnn_ext_config
+from .config import add_mask_rcnn_ext_config, load_config
 
-__all__ = ["add_mask_rcnn_ext_config"]
+__all__ = ["add_mask_rcnn_ext_config", "load_config"]
 __version__ = "0.1.0"

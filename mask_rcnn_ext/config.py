@@ -5,9 +5,13 @@ accept every name in ``mask_rcnn_ext.modeling.POOLER_REGISTRY`` once the ROI hea
 ``MaskRCNNExtROIHeads``; the mask head options apply to ``MaskRCNNFCNHead``.
 """
 
-from detectron2.config import CfgNode as CN
+from pathlib import Path
 
-__all__ = ["add_mask_rcnn_ext_config"]
+import yaml
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_mask_rcnn_ext_config", "load_config"]
 
 
 def add_mask_rcnn_ext_config(cfg: CN) -> CN:
@@ -43,3 +47,40 @@ def add_mask_rcnn_ext_config(cfg: CN) -> CN:
     # Predicted-mask probability threshold for the IoU target's binary mask.
     scoring.MASK_THRESHOLD = 0.5
     return cfg
+
+
+def load_config(config_file: str, opts: list[str] | None = None) -> CN:
+    """Detectron2's config plus mask_rcnn_ext's keys, merged with ``config_file`` and ``opts``.
+
+    Unlike ``CfgNode.merge_from_file``'s default, YAML tags that construct Python objects are
+    refused (a config file can then not run code). Every failure names the file or option.
+    """
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    if not path.read_text().strip():
+        raise ValueError(f"config file {config_file} is empty")
+    cfg = add_mask_rcnn_ext_config(get_cfg())
+    try:
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except yaml.constructor.ConstructorError as error:
+        raise ValueError(
+            f"refusing to load {config_file} (or a _BASE_ it names): it uses a YAML tag that "
+            f"constructs Python objects, which could run code ({error.problem})"
+        ) from error
+    except KeyError as error:
+        raise KeyError(_unknown_key_hint(f"{config_file}: {error.args[0]}")) from error
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, AssertionError) as error:  # yacs asserts on unknown keys and odd lists
+        message = f"command-line option: {error.args[0] if error.args else error}"
+        if "Non-existent" in message:
+            raise KeyError(_unknown_key_hint(message)) from error
+        raise ValueError(message) from error
+    return cfg
+
+
+def _unknown_key_hint(message: str) -> str:
+    return (f"{message}. A key that belongs to a plugin exists only after its add_*_config "
+            "(mask_rcnn_ext's: add_mask_rcnn_ext_config; others, e.g. PointRend's "
+            "add_pointrend_config, must be called by your script first).")
