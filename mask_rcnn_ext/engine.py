@@ -22,6 +22,8 @@ from detectron2.engine import launch as detectron2_launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from .checkpoint import AtomicCheckpointer
+
 __all__ = ["Trainer", "launch"]
 
 _TIMEOUT = timedelta(minutes=30)
@@ -46,11 +48,19 @@ def _cpu_aware_ddp():
 
 class Trainer(DefaultTrainer):
     """Detectron2's DefaultTrainer, evaluating instance segmentation with COCOEvaluator (bbox and
-    segm AP) into ``OUTPUT_DIR/inference``, and trainable with several CPU processes."""
+    segm AP) into ``OUTPUT_DIR/inference``, trainable with several CPU processes, and writing its
+    checkpoints atomically."""
 
     def __init__(self, cfg):
         with _cpu_aware_ddp():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer made its checkpointer just before; the periodic-checkpoint hook and
+        # resume_or_load use this one instead.
+        self.checkpointer = AtomicCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
+                                               **self.checkpointer.checkpointables)
+        return super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
