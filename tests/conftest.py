@@ -1,66 +1,38 @@
-"""Shared fixtures: a tiny COCO-format data set written to disk and registered, and a small
-Mask R-CNN config."""
+"""Shared fixtures: a tiny synthetic COCO-format data set written to disk and registered, and a
+small Mask R-CNN config."""
 
-import json
+import importlib.util
 import uuid
+from pathlib import Path
 
-import numpy as np
 import pytest
 from detectron2.config import get_cfg
-from PIL import Image, ImageDraw
 
 from mask_rcnn_ext import add_mask_rcnn_ext_config
 
 
-def write_tiny_coco(root, num_images=4, size=(64, 80), seed=0):
-    """Images with filled squares and triangles on noise; returns the COCO json path.
+def _load_generator():
+    spec = importlib.util.spec_from_file_location(
+        "prepare_synthetic", Path(__file__).parent.parent / "datasets" / "prepare_synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    Polygons are exact: each shape is drawn from the polygon that is written.
-    """
-    rng = np.random.default_rng(seed)
-    height, width = size
-    images, annotations = [], []
-    for image_id in range(1, num_images + 1):
-        pixels = (rng.random((height, width, 3)) * 60).astype(np.uint8)
-        image = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(image)
-        for shape_index in range(2):
-            x, y = rng.uniform(4, width - 30), rng.uniform(4, height - 30)
-            side = float(rng.uniform(12, 24))
-            if shape_index == 0:
-                polygon = [x, y, x + side, y, x + side, y + side, x, y + side]
-                category = 1
-            else:
-                polygon = [x, y + side, x + side / 2, y, x + side, y + side]
-                category = 2
-            draw.polygon(polygon, fill=(200, 80 * category, 40))
-            xs, ys = polygon[0::2], polygon[1::2]
-            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                "segmentation": [polygon], "bbox": box, "area": box[2] * box[3] / category,
-                "iscrowd": 0,
-            })
-        file_name = f"{image_id:03d}.png"
-        image.save(root / file_name)
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-    json_path = root / "instances.json"
-    json_path.write_text(json.dumps({
-        "images": images, "annotations": annotations,
-        "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "triangle"}],
-    }))
-    return json_path
+
+# The project's synthetic data generator (datasets/prepare_synthetic.py), for tests that need data.
+prepare_synthetic = _load_generator()
 
 
 @pytest.fixture
 def tiny_coco_dataset(tmp_path):
-    """The name of a registered tiny COCO-format dataset (removed again afterwards)."""
+    """The name of a registered 4-image synthetic COCO-format set (removed again afterwards);
+    its images are ``tmp_path / "train" / "00000{0..3}.png"``."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    json_path = write_tiny_coco(tmp_path)
+    json_path = prepare_synthetic.write_split(tmp_path, "train", 4, seed=0)
     name = f"tiny_coco_{uuid.uuid4().hex[:8]}"
-    register_coco_instances(name, {}, str(json_path), str(tmp_path))
+    register_coco_instances(name, {}, str(json_path), str(tmp_path / "train"))
     yield name
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
@@ -90,7 +62,7 @@ def small_mask_rcnn_cfg(dataset_name="", output_dir="", depth=50):
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 100
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
     cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(prepare_synthetic.CATEGORIES)
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"

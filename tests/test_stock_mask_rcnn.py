@@ -32,7 +32,7 @@ def test_stock_mask_rcnn_trains_resumes_and_predicts(tiny_coco_dataset, tmp_path
 
     cfg.MODEL.WEIGHTS = str(tmp_path / "output" / "model_final.pth")
     predictor = DefaultPredictor(cfg)
-    image = np.asarray(Image.open(tmp_path / "001.png").convert("RGB"))[:, :, ::-1]
+    image = np.asarray(Image.open(tmp_path / "train" / "000000.png").convert("RGB"))[:, :, ::-1]
     instances = predictor(image)["instances"]
     assert instances.image_size == image.shape[:2]
     assert len(instances) > 0

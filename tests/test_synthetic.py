@@ -1,10 +1,8 @@
 """datasets/prepare_synthetic.py: deterministic, exact, hole-free visible masks; and the builtin
 registration of synthetic_train / synthetic_val."""
 
-import importlib.util
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +11,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from shapely.geometry import Polygon
 
+from conftest import prepare_synthetic
 from mask_rcnn_ext.data import register_synthetic
-
-_SPEC = importlib.util.spec_from_file_location(
-    "prepare_synthetic", Path(__file__).parent.parent / "datasets" / "prepare_synthetic.py")
-prepare_synthetic = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(prepare_synthetic)
 
 
 @pytest.fixture(scope="module")
