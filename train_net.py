@@ -5,17 +5,22 @@
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
     python train_net.py --config-file CFG --resume            # continue from OUTPUT_DIR
     python train_net.py --config-file CFG --num-gpus 2        # 2 processes: GPUs, or CPU (gloo)
+    python train_net.py --config-file CFG --dataset my_train my.json images/ \
+        DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 
 from mask_rcnn_ext import load_config
+from mask_rcnn_ext.data import register_coco_format
 from mask_rcnn_ext.engine import Trainer, launch
 
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
+    for name, json_file, image_root in [*cfg.DATASETS.COCO_FORMAT, *args.dataset]:
+        register_coco_format(name, json_file, image_root)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -34,6 +39,10 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument("--dataset", nargs=3, action="append", default=[],
+                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-format data set (repeatable)")
+    args = parser.parse_args()
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

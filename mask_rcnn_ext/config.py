@@ -46,6 +46,10 @@ def add_mask_rcnn_ext_config(cfg: CN) -> CN:
     scoring.LOSS_WEIGHT = 1.0
     # Predicted-mask probability threshold for the IoU target's binary mask.
     scoring.MASK_THRESHOLD = 0.5
+
+    # COCO-format data sets to register before training, each [name, json_file, image_root]; the
+    # names can then be used in DATASETS.TRAIN / DATASETS.TEST (train_net.py registers them).
+    cfg.DATASETS.COCO_FORMAT = []
     return cfg
 
 

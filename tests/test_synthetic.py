@@ -91,3 +91,20 @@ def test_missing_files_are_named(tmp_path):
             DatasetCatalog.get("synthetic_train")
     finally:
         register_synthetic()
+
+
+def test_register_coco_format_names_missing_paths_and_loads(synthetic_root, tmp_path):
+    from mask_rcnn_ext.data import register_coco_format
+
+    json_file = str(synthetic_root / "annotations" / "instances_val.json")
+    with pytest.raises(FileNotFoundError, match=r"'mine'.*annotation file .*nope\.json"):
+        register_coco_format("mine", str(tmp_path / "nope.json"), str(synthetic_root / "val"))
+    with pytest.raises(FileNotFoundError, match=r"'mine'.*image folder .*pictures"):
+        register_coco_format("mine", json_file, str(tmp_path / "pictures"))
+    register_coco_format("mine", json_file, str(synthetic_root / "val"))
+    try:
+        assert len(DatasetCatalog.get("mine")) == 4
+        assert MetadataCatalog.get("mine").evaluator_type == "coco"
+    finally:
+        DatasetCatalog.remove("mine")
+        MetadataCatalog.remove("mine")

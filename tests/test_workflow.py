@@ -69,6 +69,26 @@ def test_train_resume_evaluate_and_draw(small_synthetic, tmp_path):
     assert sorted(p.name for p in (tmp_path / "vis").glob("*.png")) == [p.name for p in images]
 
 
+def test_own_coco_format_data_from_the_command_line(small_synthetic, tmp_path):
+    """As a new user would: their own folder layout, registered with --dataset."""
+    import shutil
+
+    mine = tmp_path / "my_data"
+    shutil.copytree(small_synthetic / "synthetic" / "train", mine / "pictures")
+    shutil.copy(small_synthetic / "synthetic" / "annotations" / "instances_train.json",
+                mine / "labels.json")
+    output = tmp_path / "output"
+    log = _run(["train_net.py", "--config-file", str(CONFIG),
+                "--dataset", "my_set", str(mine / "labels.json"), str(mine / "pictures"),
+                "DATASETS.TRAIN", "('my_set',)", "DATASETS.TEST", "('my_set',)",
+                "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+                "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
+                "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                "OUTPUT_DIR", str(output)], small_synthetic)
+    assert "Loaded 8 images in COCO format" in log
+    assert _copypaste_ap(log, "segm") >= 0
+
+
 def test_two_cpu_processes_train_and_evaluate(small_synthetic, tmp_path):
     """Distributed data-parallel training on a CPU-only machine: 2 processes over gloo."""
     output = tmp_path / "output"

@@ -12,7 +12,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = ["register_synthetic"]
+__all__ = ["register_coco_format", "register_synthetic"]
 
 SPLITS = ("train", "val")
 
@@ -40,3 +40,18 @@ def register_synthetic(root: str | os.PathLike | None = None) -> None:
         DatasetCatalog.register(name, lambda n=name, j=json_file, i=image_root: _load(n, j, i))
         MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
                                       evaluator_type="coco")
+
+
+def register_coco_format(name: str, json_file: str, image_root: str) -> None:
+    """Register a COCO-format instance-segmentation set under ``name`` (checked now, loaded when
+    first used). Raises, naming the path, if the JSON file or the image folder does not exist."""
+    if not Path(json_file).is_file():
+        raise FileNotFoundError(f"data set {name!r}: annotation file {json_file} does not exist")
+    if not Path(image_root).is_dir():
+        raise FileNotFoundError(f"data set {name!r}: image folder {image_root} does not exist")
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
+                                  evaluator_type="coco")
