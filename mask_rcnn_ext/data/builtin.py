@@ -27,6 +27,16 @@ def _load(name: str, json_file: Path, image_root: Path) -> list[dict]:
     return load_coco_json(str(json_file), str(image_root), name)
 
 
+def _register(name: str, loader, json_file, image_root) -> None:
+    """(Re-)register ``name`` as a COCO-format set read by ``loader``, for COCOEvaluator."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
+                                  evaluator_type="coco")
+
+
 def register_synthetic(root: str | os.PathLike | None = None) -> None:
     """Register ``synthetic_{train,val}`` under ``root`` (default: $DETECTRON2_DATASETS)."""
     base = Path(root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets"))
@@ -34,12 +44,8 @@ def register_synthetic(root: str | os.PathLike | None = None) -> None:
         name = f"synthetic_{split}"
         json_file = base / "synthetic" / "annotations" / f"instances_{split}.json"
         image_root = base / "synthetic" / split
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, lambda n=name, j=json_file, i=image_root: _load(n, j, i))
-        MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
-                                      evaluator_type="coco")
+        _register(name, lambda n=name, j=json_file, i=image_root: _load(n, j, i), json_file,
+                  image_root)
 
 
 def register_coco_format(name: str, json_file: str, image_root: str) -> None:
@@ -49,9 +55,4 @@ def register_coco_format(name: str, json_file: str, image_root: str) -> None:
         raise FileNotFoundError(f"data set {name!r}: annotation file {json_file} does not exist")
     if not Path(image_root).is_dir():
         raise FileNotFoundError(f"data set {name!r}: image folder {image_root} does not exist")
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
-                                  evaluator_type="coco")
+    _register(name, lambda: load_coco_json(json_file, image_root, name), json_file, image_root)
