@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Run a trained model on images and write visualisations (Detectron2's DefaultPredictor and
-Visualizer).
+"""Run a trained model on images and write visualisations (Detectron2's DefaultPredictor, with
+safe weight loading, and Visualizer).
 
     python demo.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml \\
         --input datasets/synthetic/val/000000.png --output output/vis \\
@@ -11,12 +11,12 @@ import argparse
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from mask_rcnn_ext import load_config
+from mask_rcnn_ext.data.mapper import read_image_or_raise
+from mask_rcnn_ext.engine import Predictor
 
 
 def setup(args):
@@ -45,11 +45,11 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
     cfg = setup(args)
-    predictor = DefaultPredictor(cfg)
+    predictor = Predictor(cfg)
     metadata = metadata_for(cfg)
     args.output.mkdir(parents=True, exist_ok=True)
     for path in args.input:
-        image = read_image(path, format="BGR")
+        image = read_image_or_raise(path, "BGR")
         instances = predictor(image)["instances"].to("cpu")
         drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
         target = args.output / (Path(path).stem + ".png")

@@ -9,10 +9,10 @@
         DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 
 from mask_rcnn_ext import load_config
+from mask_rcnn_ext.checkpoint import SafeCheckpointer
 from mask_rcnn_ext.data import register_coco_format
 from mask_rcnn_ext.engine import Trainer, launch
 
@@ -30,7 +30,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)

@@ -108,6 +108,18 @@ FIXES: tuple[Fix, ...] = (
             Edit("detectron2/data/datasets/pascal_voc.py", "dtype=np.str)", "dtype=str)"),
         ),
     ),
+    Fix(
+        name="python-3.11-sample-from-set",
+        why="Python 3.11's random.sample refuses sets, so MapDataset crashed instead of drawing "
+        "another image when a mapper skips one (returns None).",
+        edits=(
+            Edit(
+                "detectron2/data/common.py",
+                "self._rng.sample(self._fallback_candidates, k=1)",
+                "self._rng.sample(sorted(self._fallback_candidates), k=1)",
+            ),
+        ),
+    ),
 )
 
 # Written as detectron2/_C.py in place of the compiled extension.

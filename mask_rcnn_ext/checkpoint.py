@@ -1,21 +1,36 @@
-"""Checkpoints that are written atomically.
+"""Checkpoints that are written atomically, never hold non-finite weights, and load without running
+code from the file.
 
-fvcore's Checkpointer writes ``{name}.pth`` and ``last_checkpoint`` in place, so a process killed
-while writing leaves a truncated file behind. :class:`AtomicCheckpointer` writes each to a
-temporary file in the same folder, flushes it to disk and renames it over the target: a reader
-(``--resume``) sees either the previous complete file or the new complete one.
+- Writing: fvcore's Checkpointer writes ``{name}.pth`` and ``last_checkpoint`` in place, so a
+  process killed while writing leaves a truncated file behind. :class:`SafeCheckpointer` writes
+  each to a temporary file in the same folder, flushes it to disk and renames it over the target:
+  a reader (``--resume``) sees either the previous complete file or the new complete one. It
+  refuses to save weights that hold NaN or Inf, so the last checkpoint of a diverged run is a good
+  one.
+- Reading: Detectron2 reads ``.pkl`` weights (its model zoo, Caffe2) with ``pickle.load``, which
+  runs whatever code the file names. Here ``.pkl`` files are unpickled with an allow-list that only
+  rebuilds NumPy arrays, and torch files are read with ``torch.load(weights_only=True)``
+  (tensors, plus the same NumPy allow-list).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
-__all__ = ["AtomicCheckpointer"]
+__all__ = ["SafeCheckpointer", "UnsafeCheckpointError", "load_pickled_arrays"]
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint asks to build Python objects other than tensors and arrays."""
 
 
 def _write_atomically(path: str, write: Callable[[object], None], mode: str) -> None:
@@ -33,21 +48,93 @@ def _write_atomically(path: str, write: Callable[[object], None], mode: str) -> 
         raise
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
-    """Detectron2's DetectionCheckpointer with atomic writes to local folders."""
+# What a pickled dict of NumPy arrays needs (from NumPy 1 and 2 writers), and nothing else.
+_ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): np.ndarray(0).__reduce__()[0],
+    ("numpy._core.multiarray", "_reconstruct"): np.ndarray(0).__reduce__()[0],
+    ("numpy.core.multiarray", "scalar"): np.float32(0).__reduce__()[0],
+    ("numpy._core.multiarray", "scalar"): np.float32(0).__reduce__()[0],
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): OrderedDict,
+}
+
+# The same allow-list for torch.load (NumPy arrays stored in .pth files), which also checks the
+# class of each object it builds: NumPy's numeric dtypes.
+_TORCH_ARRAY_GLOBALS = [
+    *((obj, f"{module}.{name}") for (module, name), obj in _ARRAY_GLOBALS.items()),
+    *(type(np.dtype(code)) for code in np.typecodes["All"] if code not in "OUVSaMm"),
+]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return _ARRAY_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafeCheckpointError(f"it asks for the Python object {module}.{name}, and "
+                                        "only NumPy arrays are allowed") from None
+
+
+def load_pickled_arrays(stream) -> object:
+    """Unpickle ``stream`` (a binary file, Python 2 or 3 pickle) that holds dicts/lists of NumPy
+    arrays, numbers and strings. Raises :class:`UnsafeCheckpointError` for anything else."""
+    return _ArrayUnpickler(stream, encoding="latin1").load()
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """Detectron2's DetectionCheckpointer with atomic, finite-only saving and safe loading."""
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        model_state = self.model.state_dict()
+        for key, tensor in model_state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise FloatingPointError(
+                    f"not saving {path}: model weight {key!r} holds NaN or Inf (training "
+                    "diverged); the previous checkpoint in this folder is kept")
+        data = {"model": model_state}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
-        basename = f"{name}.pth"
-        path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
         _write_atomically(path, lambda stream: torch.save(data, stream), "wb")
-        self.tag_last_checkpoint(basename)
+        self.tag_last_checkpoint(os.path.basename(path))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         _write_atomically(path, lambda stream: stream.write(last_filename_basename), "w")
+
+    def _load_file(self, filename: str) -> dict:
+        try:
+            with PathManager.open(filename, "rb") as stream:
+                if filename.endswith(".pkl"):
+                    return _interpret_pickled_weights(load_pickled_arrays(stream))
+                with torch.serialization.safe_globals(_TORCH_ARRAY_GLOBALS):
+                    loaded = torch.load(stream, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch's message is long; its line naming the object is the one that matters.
+            reason = next((line.strip() for line in str(error).splitlines()
+                           if "GLOBAL" in line or "Can only build" in line),
+                          str(error))
+            raise UnsafeCheckpointError(
+                f"refusing to load {filename}: {reason}. Loading it could run code from the file; "
+                "if you trust its source, load it yourself and save its tensors with torch.save."
+            ) from error
+        if filename.endswith(".pyth"):  # pycls (ImageNet) checkpoints
+            state = {key: value for key, value in loaded["model_state"].items()
+                     if not key.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return loaded if "model" in loaded else {"model": loaded}
+
+
+def _interpret_pickled_weights(data: dict) -> dict:
+    """The checkpoint dict for the two ``.pkl`` layouts Detectron2 reads: its own model zoo
+    (``model`` and ``__author__`` keys) and Caffe2/Detectron1 blobs, whose names Detectron2's
+    checkpointer converts by its matching heuristics."""
+    if "model" in data and "__author__" in data:
+        return data
+    blobs = data.get("blobs", data)  # detection models keep their weights under "blobs"
+    weights = {key: value for key, value in blobs.items() if not key.endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}

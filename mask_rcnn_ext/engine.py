@@ -9,22 +9,34 @@ and :class:`Trainer` wraps CPU models without ``device_ids``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from datetime import timedelta
 
+import detectron2.data.transforms as T
 import detectron2.engine.defaults as detectron2_defaults
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.engine import DefaultTrainer
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.engine import DefaultPredictor, DefaultTrainer
 from detectron2.engine import launch as detectron2_launch
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import SafeCheckpointer
+from .data.annotations import drop_degenerate_annotations
+from .data.mapper import ImageCheckingMapper
 
-__all__ = ["Trainer", "launch"]
+__all__ = ["Predictor", "Trainer", "launch"]
 
 _TIMEOUT = timedelta(minutes=30)
 
@@ -49,23 +61,86 @@ def _cpu_aware_ddp():
 class Trainer(DefaultTrainer):
     """Detectron2's DefaultTrainer, evaluating instance segmentation with COCOEvaluator (bbox and
     segm AP) into ``OUTPUT_DIR/inference``, trainable with several CPU processes, and writing its
-    checkpoints atomically."""
+    checkpoints atomically (:class:`SafeCheckpointer`).
+
+    Bad data: degenerate training annotations are dropped, with counts in the log
+    (:func:`drop_degenerate_annotations`); an unreadable image is skipped in training and fatal in
+    evaluation, named either way (:class:`ImageCheckingMapper`).
+
+    When the loss becomes NaN or Inf, training stops (Detectron2 raises FloatingPointError with
+    the iteration) and the log names the last good checkpoint to ``--resume`` from.
+    """
 
     def __init__(self, cfg):
         with _cpu_aware_ddp():
             super().__init__(cfg)
 
+    def train(self):
+        try:
+            return super().train()
+        except FloatingPointError:
+            if comm.is_main_process():
+                logging.getLogger(__name__).error(
+                    f"Training stopped at iteration {self.iter}: NaN or Inf in the loss or the "
+                    f"weights. {self._resume_hint()}")
+            raise
+
+    def _resume_hint(self) -> str:
+        if not self.checkpointer.has_checkpoint():
+            return "No checkpoint was saved before it."
+        return (f"The last good checkpoint is {self.checkpointer.get_checkpoint_file()}; "
+                "`--resume` continues from it (a lower SOLVER.BASE_LR or longer "
+                "SOLVER.WARMUP_ITERS may avoid the divergence).")
+
     def build_hooks(self):
         # DefaultTrainer made its checkpointer just before; the periodic-checkpoint hook and
         # resume_or_load use this one instead.
-        self.checkpointer = AtomicCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
+        self.checkpointer = SafeCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
                                                **self.checkpointer.checkpointables)
         return super().build_hooks()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        # As Detectron2 builds the training set, with degenerate annotations dropped before
+        # images left without any are filtered out.
+        names = cfg.DATASETS.TRAIN
+        dataset = get_detection_dataset_dicts(
+            names, filter_empty=False,
+            min_keypoints=(cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+                           if cfg.MODEL.KEYPOINT_ON else 0),
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        dataset = drop_degenerate_annotations(dataset, f"DATASETS.TRAIN {tuple(names)}")
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            dataset = filter_images_with_only_crowd_annotations(dataset)
+        return build_detection_train_loader(cfg, mapper=ImageCheckingMapper(cfg, is_train=True),
+                                            dataset=dataset)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=ImageCheckingMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+class Predictor(DefaultPredictor):
+    """Detectron2's DefaultPredictor (one BGR/RGB image in, its ``instances`` out), loading
+    ``MODEL.WEIGHTS`` with :class:`SafeCheckpointer`: DefaultPredictor unpickles ``.pkl`` weights
+    with ``pickle``, which runs any code the file names."""
+
+    def __init__(self, cfg):
+        # The parent's __init__ would load the weights with DetectionCheckpointer; the rest of
+        # the set-up is the parent's, attribute for attribute, so its __call__ works unchanged.
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if cfg.DATASETS.TEST:
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        SafeCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
 
 
 def launch(main_func, processes_per_machine: int, num_machines: int = 1, machine_rank: int = 0,

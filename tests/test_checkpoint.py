@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import small_mask_rcnn_cfg
 from mask_rcnn_ext import checkpoint as checkpoint_module
-from mask_rcnn_ext.checkpoint import AtomicCheckpointer
+from mask_rcnn_ext.checkpoint import SafeCheckpointer
 
 _REAL_SAVE = torch.save
 
@@ -35,7 +35,7 @@ def _model(value):
 
 
 def test_save_writes_and_tags(tmp_path):
-    checkpointer = AtomicCheckpointer(_model(1.0), str(tmp_path))
+    checkpointer = SafeCheckpointer(_model(1.0), str(tmp_path))
     checkpointer.save("model_0000009", iteration=9)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     loaded = torch.load(tmp_path / "model_0000009.pth", weights_only=True)
@@ -44,20 +44,20 @@ def test_save_writes_and_tags(tmp_path):
 
 
 def test_dying_mid_write_keeps_the_last_complete_checkpoint(tmp_path, monkeypatch):
-    AtomicCheckpointer(_model(1.0), str(tmp_path)).save("model_final", iteration=1)
+    SafeCheckpointer(_model(1.0), str(tmp_path)).save("model_final", iteration=1)
     monkeypatch.setattr(checkpoint_module.torch, "save", _dying_save)
     with pytest.raises(_Death):
-        AtomicCheckpointer(_model(2.0), str(tmp_path)).save("model_final", iteration=2)
+        SafeCheckpointer(_model(2.0), str(tmp_path)).save("model_final", iteration=2)
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]  # no leftovers
     resumed = _model(0.0)
-    checkpointer = AtomicCheckpointer(resumed, str(tmp_path))
+    checkpointer = SafeCheckpointer(resumed, str(tmp_path))
     assert checkpointer.resume_or_load("", resume=True)["iteration"] == 1
     assert torch.all(resumed.weight == 1.0)
 
 
 def test_the_stock_checkpointer_would_leave_a_truncated_file(tmp_path, monkeypatch):
-    """The reference behaviour that AtomicCheckpointer avoids."""
+    """The reference behaviour that SafeCheckpointer avoids."""
     DetectionCheckpointer(_model(1.0), str(tmp_path)).save("model_final", iteration=1)
     monkeypatch.setattr(torch, "save", _dying_save)
     with pytest.raises(_Death):
@@ -73,6 +73,130 @@ def test_trainer_checkpoints_atomically(tiny_coco_dataset, tmp_path):
     from mask_rcnn_ext.engine import Trainer
 
     trainer = Trainer(small_mask_rcnn_cfg(tiny_coco_dataset, tmp_path, depth=18))
-    assert isinstance(trainer.checkpointer, AtomicCheckpointer)
+    assert isinstance(trainer.checkpointer, SafeCheckpointer)
     periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
     assert periodic and periodic[0].checkpointer is trainer.checkpointer
+
+
+def test_refuses_to_save_non_finite_weights(tmp_path):
+    SafeCheckpointer(_model(1.0), str(tmp_path)).save("model_0000001", iteration=1)
+    with pytest.raises(FloatingPointError, match="'weight' holds NaN or Inf"):
+        SafeCheckpointer(_model(float("inf")), str(tmp_path)).save("model_0000003", iteration=3)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+def test_nan_loss_stops_with_its_iteration_and_the_last_checkpoint_loads(tiny_coco_dataset,
+                                                                         tmp_path, caplog):
+    from detectron2.utils.events import get_event_storage
+
+    from mask_rcnn_ext.engine import Trainer
+
+    cfg = small_mask_rcnn_cfg(tiny_coco_dataset, tmp_path, depth=18)
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.CHECKPOINT_PERIOD = 6, 2
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    forward = trainer.model.forward
+
+    def diverging_forward(batch):
+        losses = forward(batch)
+        if get_event_storage().iter == 3:
+            losses["loss_mask"] = losses["loss_mask"] * float("nan")
+        return losses
+
+    trainer.model.forward = diverging_forward
+    with pytest.raises(FloatingPointError, match="iteration=3"):
+        trainer.train()
+    assert "Training stopped at iteration 3" in caplog.text
+    assert f"last good checkpoint is {tmp_path / 'model_0000001.pth'}" in caplog.text
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+    resumed = Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+
+
+# --- loading: no code from the file runs --------------------------------------------------------
+
+class _Payload:
+    """Unpickling this makes a folder: stands for any code an untrusted checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _write_pickle(path, data):
+    import pickle
+
+    with open(path, "wb") as stream:
+        pickle.dump(data, stream)
+
+
+def test_arrays_in_model_zoo_caffe2_and_torch_files_load(tmp_path):
+    """As Detectron2's checkpointer loads the .pkl layouts; NumPy arrays in a .pth file (which
+    torch 2.6+ refuses by default) load too."""
+    import numpy as np
+
+    weights = {"weight": np.full((64, 64), 0.5, np.float32),
+               "bias": np.arange(64, dtype=np.float32)}
+    zoo = {"model": weights, "__author__": "someone", "matching_heuristics": True}
+    _write_pickle(tmp_path / "zoo.pkl", zoo)
+    _write_pickle(tmp_path / "caffe2.pkl",
+                  {"blobs": {**weights, "weight_momentum": weights["weight"]}})
+    torch.save(zoo, tmp_path / "arrays.pth")
+    for name in ("zoo.pkl", "caffe2.pkl", "arrays.pth"):
+        ours = _model(0.0)
+        SafeCheckpointer(ours).load(str(tmp_path / name))
+        assert torch.all(ours.weight == 0.5) and torch.equal(ours.bias, torch.arange(64.0))
+        if name.endswith(".pkl"):
+            reference = _model(0.0)
+            DetectionCheckpointer(reference).load(str(tmp_path / name))
+            assert torch.equal(ours.weight, reference.weight)
+            assert torch.equal(ours.bias, reference.bias)
+
+
+@pytest.mark.parametrize("suffix", ["pkl", "pth"])
+def test_checkpoint_that_runs_code_is_refused(tmp_path, suffix):
+    from mask_rcnn_ext.checkpoint import UnsafeCheckpointError
+
+    path = tmp_path / f"untrusted.{suffix}"
+    marker = tmp_path / "code_ran"
+    data = {"model": {"weight": torch.zeros(64, 64).numpy()}, "__author__": "x",
+            "x": _Payload(marker)}
+    _write_pickle(path, data) if suffix == "pkl" else torch.save(data, path)
+    with pytest.raises(UnsafeCheckpointError, match=f"refusing to load {path}.*posix.mkdir"):
+        SafeCheckpointer(_model(0.0)).load(str(path))
+    assert not marker.exists()
+    if suffix == "pkl":  # the reference: Detectron2's own checkpointer runs the file's code
+        DetectionCheckpointer(_model(0.0)).load(str(path))
+        assert marker.is_dir()
+
+
+def test_predictor_matches_default_predictor_and_refuses_unsafe_weights(tmp_path):
+    import numpy as np
+    from detectron2.engine import DefaultPredictor
+    from detectron2.modeling import build_model
+
+    from mask_rcnn_ext.checkpoint import UnsafeCheckpointError
+    from mask_rcnn_ext.engine import Predictor
+
+    cfg = small_mask_rcnn_cfg(depth=18)
+    torch.manual_seed(0)
+    SafeCheckpointer(build_model(cfg), str(tmp_path)).save("model_final")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model_final.pth")
+    image = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    ours = Predictor(cfg)(image)["instances"]
+    reference = DefaultPredictor(cfg)(image)["instances"]
+    assert len(ours) == len(reference) > 0
+    assert torch.equal(ours.pred_boxes.tensor, reference.pred_boxes.tensor)
+    assert torch.equal(ours.pred_masks, reference.pred_masks)
+
+    _write_pickle(tmp_path / "untrusted.pkl", {"x": _Payload(tmp_path / "code_ran")})
+    cfg.MODEL.WEIGHTS = str(tmp_path / "untrusted.pkl")
+    with pytest.raises(UnsafeCheckpointError):
+        Predictor(cfg)
+    assert not (tmp_path / "code_ran").exists()

@@ -155,3 +155,12 @@ def test_collect_env_reports_the_build():
     assert "detectron2" in report
     if COMPAT:
         assert "mask_rcnn_ext compatibility layer" in report
+
+
+def test_map_dataset_draws_another_item_when_the_mapper_skips_one():
+    """python-3.11-sample-from-set: a mapper returning None makes MapDataset try another item."""
+    from detectron2.data.common import MapDataset
+
+    dataset = MapDataset(list(range(6)), lambda item: None if item % 2 else item)
+    drawn = [dataset[index] for index in range(6)]
+    assert drawn[0::2] == [0, 2, 4] and all(item in (0, 2, 4) for item in drawn[1::2])
