@@ -47,3 +47,23 @@ def evaluate(evaluator_class, ground_truth, detections, iou_type, use_cats):
     evaluator.accumulate()
     evaluator.summarize()
     return evaluator
+
+
+def to_instances(image, detections, dataset_id_to_contiguous_id):
+    """One image's detections (COCO results with polygon masks) as Mask R-CNN outputs them."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+    from detectron2.structures.masks import polygons_to_bitmask
+
+    height, width = image["height"], image["width"]
+    ours = [d for d in detections if d["image_id"] == image["id"]]
+    instances = Instances((height, width))
+    xywh = torch.tensor([d["bbox"] for d in ours], dtype=torch.float32).view(-1, 4)
+    instances.pred_boxes = Boxes(torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1))
+    instances.scores = torch.tensor([d["score"] for d in ours], dtype=torch.float32)
+    instances.pred_classes = torch.tensor(
+        [dataset_id_to_contiguous_id[d["category_id"]] for d in ours], dtype=torch.int64)
+    instances.pred_masks = torch.from_numpy(np.stack(
+        [polygons_to_bitmask(d["segmentation"], height, width) for d in ours]) if ours
+        else np.zeros((0, height, width), bool))
+    return instances

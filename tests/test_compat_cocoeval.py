@@ -5,12 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from detectron2.evaluation.fast_eval_api import COCOeval_opt
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from coco_problems import evaluate, random_problem
+from coco_problems import evaluate, random_problem, to_instances
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
@@ -32,8 +31,6 @@ def test_coco_evaluator_with_default_arguments(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
     from detectron2.evaluation import COCOEvaluator
-    from detectron2.structures import Boxes, Instances
-    from detectron2.structures.masks import polygons_to_bitmask
 
     dataset, detections = random_problem(seed=1, num_images=8)
     json_file = tmp_path / "instances.json"
@@ -46,17 +43,8 @@ def test_coco_evaluator_with_default_arguments(tmp_path):
         evaluator.reset()
         contiguous = MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id
         for image in dataset["images"]:
-            ours = [d for d in detections if d["image_id"] == image["id"]]
-            instances = Instances((image["height"], image["width"]))
-            xywh = torch.tensor([d["bbox"] for d in ours], dtype=torch.float32).view(-1, 4)
-            instances.pred_boxes = Boxes(torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1))
-            instances.scores = torch.tensor([d["score"] for d in ours], dtype=torch.float32)
-            instances.pred_classes = torch.tensor(
-                [contiguous[d["category_id"]] for d in ours], dtype=torch.int64)
-            instances.pred_masks = torch.from_numpy(np.stack(
-                [polygons_to_bitmask(d["segmentation"], image["height"], image["width"])
-                 for d in ours]) if ours else np.zeros((0, image["height"], image["width"]), bool))
-            evaluator.process([{"image_id": image["id"]}], [{"instances": instances}])
+            evaluator.process([{"image_id": image["id"]}],
+                              [{"instances": to_instances(image, detections, contiguous)}])
         results = evaluator.evaluate()
         # Reference: pycocotools on the predictions the evaluator wrote (rasterised masks as RLE).
         written = json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())

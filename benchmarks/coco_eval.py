@@ -1,0 +1,193 @@
+"""COCO evaluation time (bbox + segm): mask_rcnn_ext's FastCOCOEvaluator against Detectron2's
+default COCOEvaluator, on the same Mask R-CNN-style predictions, in one process.
+
+The predictions are what Mask R-CNN gives COCOEvaluator: per image, 100 detections (boxes, scores,
+classes, full-image bool masks, as DETECTIONS_PER_IMAGE = 100 and a low score threshold give),
+about three near each of 2-11 ground-truth objects and the rest scattered, on 480 x 640 images.
+Each side runs process() on every image and then evaluate(); the AP of both is checked equal.
+A second table times the COCO API backends alone on the same detections (loadRes + evaluate +
+accumulate for bbox and segm): pycocotools' official COCOeval, Detectron2's COCOeval_opt (C++
+matching), and faster-coco-eval's COCOeval_faster.
+
+Usage: python -m benchmarks.coco_eval [--images 200] [--repeats 5] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation.fast_eval_api import COCOeval_opt
+from detectron2.structures import Boxes, Instances
+from detectron2.structures.masks import polygons_to_bitmask
+
+from benchmarks.common import compare, environment, print_table, write_results
+from mask_rcnn_ext.evaluation import FastCOCOEvaluator
+
+HEIGHT, WIDTH, DETECTIONS, CATEGORIES = 480, 640, 100, 5
+TARGET = 0.5  # FastCOCOEvaluator / COCOEvaluator
+
+
+def _polygon(rng, x, y, size):
+    """A random convex-ish polygon of about ``size`` pixels across, at (x, y)."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+    radii = size / 2 * rng.uniform(0.6, 1.0, 7)
+    xs = np.clip(x + radii * np.cos(angles), 0, WIDTH - 1)
+    ys = np.clip(y + radii * np.sin(angles), 0, HEIGHT - 1)
+    return np.stack((xs, ys), 1).ravel().tolist()
+
+
+def make_problem(num_images: int, seed: int = 0):
+    """COCO ground truth (a dict) and, per image, Mask R-CNN-style ``Instances``."""
+    rng = np.random.default_rng(seed)
+    images, annotations, outputs = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": WIDTH, "height": HEIGHT,
+                       "file_name": f"{image_id}.png"})
+        objects = []  # (polygon, size, category)
+        for _ in range(rng.integers(2, 12)):
+            size = float(np.exp(rng.uniform(np.log(12), np.log(300))))
+            x, y = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT)
+            category = int(rng.integers(1, CATEGORIES + 1))
+            polygon = _polygon(rng, x, y, size)
+            xs, ys = polygon[0::2], polygon[1::2]
+            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": category, "bbox": box, "area": box[2] * box[3],
+                                "segmentation": [polygon], "iscrowd": 0})
+            objects.append((polygon, size, category))
+        polygons, classes = [], []
+        for index in range(DETECTIONS):
+            if index < 3 * len(objects):  # the object's outline, shifted
+                polygon, size, category = objects[index % len(objects)]
+                points = np.reshape(polygon, (-1, 2)) + rng.normal(0, size / 12, 2)
+                points = points.clip(0, (WIDTH - 1, HEIGHT - 1))
+                polygons.append(points.ravel().tolist())
+            else:
+                size = float(np.exp(rng.uniform(np.log(12), np.log(150))))
+                category = int(rng.integers(1, CATEGORIES + 1))
+                polygons.append(_polygon(rng, rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), size))
+            classes.append(category - 1)
+        instances = Instances((HEIGHT, WIDTH))
+        boxes = [[min(p[0::2]), min(p[1::2]), max(p[0::2]), max(p[1::2])] for p in polygons]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.scores = torch.from_numpy(rng.uniform(0.05, 1, DETECTIONS).astype(np.float32))
+        instances.pred_classes = torch.tensor(classes)
+        instances.pred_masks = torch.from_numpy(
+            np.stack([polygons_to_bitmask([p], HEIGHT, WIDTH) for p in polygons]))
+        outputs.append(({"image_id": image_id}, {"instances": instances}))
+    ground_truth = {"images": images, "annotations": annotations,
+                    "categories": [{"id": k, "name": f"class{k}"}
+                                   for k in range(1, CATEGORIES + 1)]}
+    return ground_truth, outputs
+
+
+def _evaluate_with(evaluator_class, name, outputs):
+    evaluator = evaluator_class(name, output_dir=None)
+    evaluator.reset()
+    for inputs, output in outputs:
+        evaluator.process([inputs], [output])
+    with contextlib.redirect_stdout(io.StringIO()):
+        return evaluator.evaluate()
+
+
+def _backend(evaluator_class, ground_truth, results):
+    with contextlib.redirect_stdout(io.StringIO()):
+        for task in ("bbox", "segm"):
+            detections = copy.deepcopy(results)
+            if task == "segm":
+                for detection in detections:
+                    detection.pop("bbox")
+            evaluation = evaluator_class(ground_truth, ground_truth.loadRes(detections), task)
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+
+    ground_truth, outputs = make_problem(args.images)
+    with tempfile.TemporaryDirectory() as folder:
+        json_file = Path(folder) / "ground_truth.json"
+        json_file.write_text(json.dumps(ground_truth))
+        name = "benchmark_coco_eval"
+        register_coco_instances(name, {}, str(json_file), folder)
+        DatasetCatalog.get(name)
+        try:
+            ours = _evaluate_with(FastCOCOEvaluator, name, outputs)
+            stock = _evaluate_with(COCOEvaluator, name, outputs)
+            gap = max(abs(ours[task][key] - stock[task][key]) for task in ("bbox", "segm")
+                      for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+            evaluators = compare({
+                "detectron2 COCOEvaluator": lambda: _evaluate_with(COCOEvaluator, name, outputs),
+                "mask_rcnn_ext FastCOCOEvaluator":
+                    lambda: _evaluate_with(FastCOCOEvaluator, name, outputs),
+            }, args.repeats)
+            backends = _compare_backends(json_file, name, outputs, args.repeats)
+        finally:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+    ratio = (evaluators["mask_rcnn_ext FastCOCOEvaluator"]["median_s"]
+             / evaluators["detectron2 COCOEvaluator"]["median_s"])
+    print(f"{args.images} images x {DETECTIONS} detections of {HEIGHT} x {WIDTH}; bbox AP "
+          f"{ours['bbox']['AP']:.2f}, segm AP {ours['segm']['AP']:.2f}; largest AP difference "
+          f"from COCOEvaluator: {gap:.2e}")
+    _print(evaluators)
+    print(f"FastCOCOEvaluator / COCOEvaluator: {ratio:.2f} (target <= {TARGET})\n")
+    _print(backends)
+    path = write_results("coco_eval", {
+        "environment": environment(), "images": args.images, "detections_per_image": DETECTIONS,
+        "image_size": [HEIGHT, WIDTH], "ap": {"ours": ours, "detectron2": stock},
+        "largest_ap_difference": gap, "evaluators": evaluators, "backends": backends,
+        "ratio_fast_to_stock": ratio, "target_ratio": TARGET, "meets_target": ratio <= TARGET,
+    }, args.output)
+    print(f"written: {path}")
+
+
+def _compare_backends(json_file, name, outputs, repeats):
+    import faster_coco_eval
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mask_rcnn_ext.evaluation import instances_to_coco_results
+
+    to_dataset = MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id
+    from_contiguous = {contiguous: dataset for dataset, contiguous in to_dataset.items()}
+    results = []
+    for inputs, output in outputs:
+        for result in instances_to_coco_results(output["instances"], inputs["image_id"]):
+            results.append({**result, "category_id": from_contiguous[result["category_id"]]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        official, faster = COCO(str(json_file)), faster_coco_eval.COCO(str(json_file))
+    return compare({
+        "pycocotools COCOeval": lambda: _backend(COCOeval, official, results),
+        "detectron2 COCOeval_opt": lambda: _backend(COCOeval_opt, official, results),
+        "faster-coco-eval COCOeval_faster":
+            lambda: _backend(faster_coco_eval.COCOeval_faster, faster, results),
+    }, repeats)
+
+
+def _print(measured: dict[str, dict]) -> None:
+    print_table([(name, f"{m['median_s']:.3f}", f"{m['min_s']:.3f}-{m['max_s']:.3f}",
+                  f"{m['peak_memory_mib']:.0f}") for name, m in measured.items()],
+                ("", "median s", "range s", "peak MiB"))
+
+
+if __name__ == "__main__":
+    main()
