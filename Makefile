@@ -51,3 +51,20 @@ demo: setup
 		--output $(DEMO_OUTPUT)/visualizations --confidence-threshold 0.3 \
 		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth
 	@echo "Model, metrics and evaluation in $(DEMO_OUTPUT); pictures in $(DEMO_OUTPUT)/visualizations"
+
+.PHONY: bench
+# Speed and memory against stock Detectron2 (not in CI; about 15 minutes on 2 CPU cores): each
+# script writes benchmarks/results/<name>.json; the summary is benchmarks/results/summary.md.
+bench: setup
+	$(PY) benchmarks/roi_align.py
+	$(PY) -m benchmarks.coco_eval
+	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.summary
+
+.PHONY: ablation
+# The accuracy study on the synthetic set (not in CI; long on CPU): stock Mask R-CNN and our
+# variants, 2 seeds each; writes benchmarks/results/ablation.{json,md}. Reruns reuse finished runs.
+ablation: setup
+	@test -f datasets/synthetic/annotations/instances_val.json || $(PY) datasets/prepare_synthetic.py
+	$(PY) -m benchmarks.ablation

@@ -31,7 +31,7 @@ from detectron2.evaluation.fast_eval_api import COCOeval_opt
 from detectron2.structures import Boxes, Instances
 from detectron2.structures.masks import polygons_to_bitmask
 
-from benchmarks.common import compare, environment, print_table, write_results
+from benchmarks.common import compare, environment, peak_memory, print_table, write_results
 from mask_rcnn_ext.evaluation import FastCOCOEvaluator
 
 HEIGHT, WIDTH, DETECTIONS, CATEGORIES = 480, 640, 100, 5
@@ -92,6 +92,23 @@ def make_problem(num_images: int, seed: int = 0):
     return ground_truth, outputs
 
 
+EVALUATORS = {"detectron2 COCOEvaluator": COCOEvaluator,
+              "mask_rcnn_ext FastCOCOEvaluator": FastCOCOEvaluator}
+DATASET = "benchmark_coco_eval"
+
+
+def _register(json_file: Path) -> None:
+    register_coco_instances(DATASET, {}, str(json_file), str(json_file.parent))
+    DatasetCatalog.get(DATASET)  # fills the metadata's category-id mapping
+
+
+def side_evaluation(side: str, json_file: Path, images: int):
+    """One side's evaluation of the problem (for measuring its memory in a fresh process)."""
+    _, outputs = make_problem(images)
+    _register(json_file)
+    return lambda: _evaluate_with(EVALUATORS[side], DATASET, outputs)
+
+
 def _evaluate_with(evaluator_class, name, outputs):
     evaluator = evaluator_class(name, output_dir=None)
     evaluator.reset()
@@ -125,23 +142,22 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         json_file = Path(folder) / "ground_truth.json"
         json_file.write_text(json.dumps(ground_truth))
-        name = "benchmark_coco_eval"
-        register_coco_instances(name, {}, str(json_file), folder)
-        DatasetCatalog.get(name)
+        _register(json_file)
         try:
-            ours = _evaluate_with(FastCOCOEvaluator, name, outputs)
-            stock = _evaluate_with(COCOEvaluator, name, outputs)
+            ours = _evaluate_with(FastCOCOEvaluator, DATASET, outputs)
+            stock = _evaluate_with(COCOEvaluator, DATASET, outputs)
             gap = max(abs(ours[task][key] - stock[task][key]) for task in ("bbox", "segm")
                       for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
             evaluators = compare({
-                "detectron2 COCOEvaluator": lambda: _evaluate_with(COCOEvaluator, name, outputs),
-                "mask_rcnn_ext FastCOCOEvaluator":
-                    lambda: _evaluate_with(FastCOCOEvaluator, name, outputs),
-            }, args.repeats)
-            backends = _compare_backends(json_file, name, outputs, args.repeats)
+                side: lambda evaluator=evaluator: _evaluate_with(evaluator, DATASET, outputs)
+                for side, evaluator in EVALUATORS.items()}, args.repeats)
+            for side in EVALUATORS:
+                evaluators[side]["peak_memory_mib"] = peak_memory(side_evaluation, side,
+                                                                  json_file, args.images)
+            backends = _compare_backends(json_file, DATASET, outputs, args.repeats)
         finally:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+            DatasetCatalog.remove(DATASET)
+            MetadataCatalog.remove(DATASET)
 
     ratio = (evaluators["mask_rcnn_ext FastCOCOEvaluator"]["median_s"]
              / evaluators["detectron2 COCOEvaluator"]["median_s"])
@@ -185,8 +201,8 @@ def _compare_backends(json_file, name, outputs, repeats):
 
 def _print(measured: dict[str, dict]) -> None:
     print_table([(name, f"{m['median_s']:.3f}", f"{m['min_s']:.3f}-{m['max_s']:.3f}",
-                  f"{m['peak_memory_mib']:.0f}") for name, m in measured.items()],
-                ("", "median s", "range s", "peak MiB"))
+                  f"{m['peak_memory_mib']:.0f}" if "peak_memory_mib" in m else "-")
+                 for name, m in measured.items()], ("", "median s", "range s", "peak MiB"))
 
 
 if __name__ == "__main__":

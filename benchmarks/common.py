@@ -1,14 +1,17 @@
 """What the benchmark scripts share: medians of repeated runs, peak memory, and results files.
 
-Peak memory is the highest resident set size (RSS) of the process while a function runs, minus
-the RSS just before, sampled every millisecond (on CUDA: torch's peak allocated memory instead).
-Each side is measured in the same process, alternating, so that both see the same machine state.
+Times: each side is measured in the same process, alternating, so that both see the same machine
+state. Peak memory: each side runs once in a fresh process (so that memory freed by the other side
+or by an earlier run, which the allocator keeps and reuses, does not hide its needs); it is the
+highest resident set size (RSS) during that run minus the RSS just before, sampled every
+millisecond (on CUDA: torch's peak allocated memory).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -62,10 +65,25 @@ class PeakMemory:
         self.megabytes = (max(self._peak, _rss_bytes()) - self._start) / 2**20
 
 
+def _peak_of_first_call(factory: Callable[..., Callable[[], object]], args: tuple,
+                        device: str) -> float:
+    function = factory(*args)
+    with PeakMemory(device) as peak:
+        function()
+    return peak.megabytes
+
+
+def peak_memory(factory: Callable[..., Callable[[], object]], *args, device: str = "cpu") -> float:
+    """Peak memory (MiB) of one call of ``factory(*args)()`` in a fresh process; ``factory`` must
+    be a module-level function (it is sent to the new process by name)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_peak_of_first_call, (factory, args, device))
+
+
 def compare(sides: dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
             warmup: int = 1) -> dict[str, dict]:
     """Time each side ``repeats`` times (after ``warmup`` runs), alternating between sides; returns
-    per side the median, min and max seconds and the peak memory (MiB) of its first timed run."""
+    per side the median, min and max seconds."""
     def run(function) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -79,17 +97,11 @@ def compare(sides: dict[str, Callable[[], object]], repeats: int, device: str = 
         for _ in range(warmup):
             function()
     seconds = {name: [] for name in sides}
-    peaks = {}
-    for repeat in range(repeats):
+    for _ in range(repeats):
         for name, function in sides.items():
-            if repeat == 0:
-                with PeakMemory(device) as peak:
-                    seconds[name].append(run(function))
-                peaks[name] = peak.megabytes
-            else:
-                seconds[name].append(run(function))
+            seconds[name].append(run(function))
     return {name: {"median_s": statistics.median(times), "min_s": min(times),
-                   "max_s": max(times), "repeats": repeats, "peak_memory_mib": peaks[name]}
+                   "max_s": max(times), "repeats": repeats}
             for name, times in seconds.items()}
 
 

@@ -47,6 +47,14 @@ def add_mask_rcnn_ext_config(cfg: CN) -> CN:
     # Predicted-mask probability threshold for the IoU target's binary mask.
     scoring.MASK_THRESHOLD = 0.5
 
+    # Exact speed-ups (mask_rcnn_ext.modeling.speedups), applied by mask_rcnn_ext's Trainer and
+    # Predictor; they keep the state-dict keys, so checkpoints stay stock.
+    cfg.MODEL.SPEEDUPS = CN()
+    # Apply each frozen batch norm through the convolution before it.
+    cfg.MODEL.SPEEDUPS.FOLD_FROZEN_BATCHNORM = False
+    # Activation layout: "contiguous" (stock), "channels_last", or "auto" (channels-last on CPU).
+    cfg.MODEL.SPEEDUPS.MEMORY_FORMAT = "contiguous"
+
     # COCO-format data sets to register before training, each [name, json_file, image_root]; the
     # names can then be used in DATASETS.TRAIN / DATASETS.TEST (train_net.py registers them).
     cfg.DATASETS.COCO_FORMAT = []

@@ -35,6 +35,7 @@ from .checkpoint import SafeCheckpointer
 from .data.annotations import drop_degenerate_annotations
 from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
+from .modeling.speedups import apply_speedups
 
 __all__ = ["Predictor", "Trainer", "launch"]
 
@@ -64,12 +65,10 @@ class Trainer(DefaultTrainer):
     with several CPU processes, and writing its checkpoints atomically
     (:class:`SafeCheckpointer`).
 
-    Bad data: degenerate training annotations are dropped, with counts in the log
-    (:func:`drop_degenerate_annotations`); an unreadable image is skipped in training and fatal in
-    evaluation, named either way (:class:`ImageCheckingMapper`).
-
-    When the loss becomes NaN or Inf, training stops (Detectron2 raises FloatingPointError with
-    the iteration) and the log names the last good checkpoint to ``--resume`` from.
+    The model gets ``MODEL.SPEEDUPS`` (:func:`apply_speedups`). Bad data: degenerate training
+    annotations are dropped, with counts in the log (:func:`drop_degenerate_annotations`); an
+    unreadable image is skipped in training and fatal in evaluation, named either way
+    (:class:`ImageCheckingMapper`).
     """
 
     def __init__(self, cfg):
@@ -101,6 +100,10 @@ class Trainer(DefaultTrainer):
         return super().build_hooks()
 
     @classmethod
+    def build_model(cls, cfg):
+        return apply_speedups(super().build_model(cfg), cfg)
+
+    @classmethod
     def build_train_loader(cls, cfg):
         # As Detectron2 builds the training set, with degenerate annotations dropped before
         # images left without any are filtered out.
@@ -129,14 +132,14 @@ class Trainer(DefaultTrainer):
 
 class Predictor(DefaultPredictor):
     """Detectron2's DefaultPredictor (one BGR/RGB image in, its ``instances`` out), loading
-    ``MODEL.WEIGHTS`` with :class:`SafeCheckpointer`: DefaultPredictor unpickles ``.pkl`` weights
-    with ``pickle``, which runs any code the file names."""
+    ``MODEL.WEIGHTS`` with :class:`SafeCheckpointer` (DefaultPredictor unpickles ``.pkl`` weights
+    with ``pickle``, which runs any code the file names) and applying ``MODEL.SPEEDUPS``."""
 
     def __init__(self, cfg):
         # The parent's __init__ would load the weights with DetectionCheckpointer; the rest of
         # the set-up is the parent's, attribute for attribute, so its __call__ works unchanged.
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
+        self.model = apply_speedups(build_model(self.cfg).eval(), self.cfg)
         if cfg.DATASETS.TEST:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         SafeCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)

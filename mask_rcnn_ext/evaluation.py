@@ -2,14 +2,14 @@
 time.
 
 Where Detectron2's COCOEvaluator spends its time on Mask R-CNN outputs (measured, see
-benchmarks/README.md): run-length encoding each full-image mask with pycocotools (most of it), then
+benchmarks/results/summary.md): run-length encoding each full-image mask with pycocotools (most of it), then
 deep-copying every prediction before the mask evaluation. :class:`FastCOCOEvaluator` encodes only
 the columns between a mask's first and last foreground column (the rest of a COCO RLE, which runs
 down the columns, is two runs of zeros), and copies predictions shallowly. Matching and AP are
 Detectron2's own (``COCOeval_opt``, or pycocotools' ``COCOeval`` with ``use_fast_impl=False``).
 
 faster-coco-eval's own ``COCOeval_faster`` was measured too: faster for boxes, slower for masks on
-this machine, so not used (the numbers are in benchmarks/README.md).
+this machine, so not used (the numbers are in benchmarks/results/summary.md).
 """
 
 from __future__ import annotations
@@ -30,41 +30,46 @@ from pycocotools.cocoeval import COCOeval
 __all__ = ["FastCOCOEvaluator", "encode_masks", "instances_to_coco_results"]
 
 
-def _column_runs(column_major: np.ndarray, zeros_before: int, zeros_after: int) -> np.ndarray:
-    """Uncompressed COCO run lengths (zeros first, then alternating) of a (columns, rows) bool
-    array read row by row, with ``zeros_before``/``zeros_after`` background pixels around it."""
-    flat = column_major.reshape(-1)
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    lengths = np.diff(np.concatenate(([0], changes, [flat.size])))
-    if flat[0]:
-        lengths = np.concatenate(([0], lengths))
-    lengths[0] += zeros_before
-    if len(lengths) % 2:  # the last run is background
-        lengths[-1] += zeros_after
-    elif zeros_after:
-        lengths = np.append(lengths, zeros_after)
-    return lengths
-
-
 def encode_masks(masks: torch.Tensor) -> list[dict]:
     """COCO RLEs of (N, H, W) bool masks on the CPU, equal to ``pycocotools.mask.encode`` of each
-    (``counts`` as a UTF-8 string, as Detectron2 writes them)."""
+    (``counts`` as a UTF-8 string, as Detectron2 writes them).
+
+    A COCO RLE runs down the columns, so only the columns from a mask's first to its last
+    foreground column need scanning: before and after them are two runs of zeros. The runs of all
+    masks' column strips are found in one vectorised pass; pycocotools compresses each.
+    """
     count, height, width = masks.shape
-    # (N, W): 1 where a column holds foreground. A max over uint8 is ~8x faster than torch's
-    # bool any() over the rows.
+    if count == 0:
+        return []
+    # (N, W): nonzero where a column holds foreground. A max over uint8 is ~8x faster than
+    # torch's bool any() over the rows. An empty mask gets the one-column strip 0..0.
     occupied_columns = masks.view(torch.uint8).amax(dim=1)
-    has_foreground = occupied_columns.amax(dim=1).bool().tolist()
-    first = occupied_columns.argmax(dim=1).tolist()
-    last = (width - 1 - occupied_columns.flip(1).argmax(dim=1)).tolist()
+    first = occupied_columns.argmax(dim=1).numpy()
+    last = width - 1 - occupied_columns.flip(1).argmax(dim=1).numpy()
+    pixels = masks.numpy()
+    # Each strip flattened column by column (its transpose in C order), all in one array.
+    flat = np.concatenate([pixels[index, :, start:stop + 1].T
+                           for index, (start, stop) in enumerate(zip(first, last, strict=True))],
+                          axis=None)
+    starts = np.concatenate(([0], np.cumsum((last - first + 1) * height)))
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    boundaries = np.union1d(changes, starts)  # every run ends at a change or a strip's end
+    lengths = np.diff(boundaries).tolist()
+    first_run = np.searchsorted(boundaries, starts).tolist()
+    starts_with_foreground = flat[starts[:-1]].tolist()
+    zeros_before = (first * height).tolist()
+    zeros_after = ((width - 1 - last) * height).tolist()
     rles = []
     for index in range(count):
-        if has_foreground[index]:
-            strip = masks[index, :, first[index]:last[index] + 1].T.contiguous().numpy()
-            runs = _column_runs(strip, first[index] * height, (width - 1 - last[index]) * height)
-        else:
-            runs = np.array([height * width])
-        rle = mask_util.frPyObjects({"size": [height, width], "counts": runs.tolist()},
-                                    height, width)
+        runs = lengths[first_run[index]:first_run[index + 1]]
+        if starts_with_foreground[index]:
+            runs.insert(0, 0)  # a COCO RLE starts with a (possibly empty) run of zeros
+        runs[0] += zeros_before[index]
+        if len(runs) % 2:  # the last run is background
+            runs[-1] += zeros_after[index]
+        elif zeros_after[index]:
+            runs.append(zeros_after[index])
+        rle = mask_util.frPyObjects({"size": [height, width], "counts": runs}, height, width)
         rles.append({"size": [height, width], "counts": rle["counts"].decode("utf-8")})
     return rles
 

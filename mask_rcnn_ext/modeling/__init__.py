@@ -4,5 +4,7 @@ from .mask_head import MaskRCNNFCNHead
 from .mask_scoring import MaskIoUHead
 from .poolers import POOLER_REGISTRY, ROIPooler
 from .roi_heads import MaskRCNNExtROIHeads
+from .speedups import apply_speedups, fold_frozen_batchnorm
 
-__all__ = ["POOLER_REGISTRY", "ROIPooler", "MaskRCNNFCNHead", "MaskIoUHead", "MaskRCNNExtROIHeads"]
+__all__ = ["POOLER_REGISTRY", "ROIPooler", "MaskRCNNFCNHead", "MaskIoUHead", "MaskRCNNExtROIHeads",
+           "apply_speedups", "fold_frozen_batchnorm"]
