@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.common import RESULTS, environment
 
@@ -51,7 +53,7 @@ METRICS = ("bbox/AP", "segm/AP", "segm/AP50", "segm/AP75")
 
 def _schedule(iterations: int) -> list[str]:
     """The demo config's schedule shape (LR steps at 85% and 95%), over ``iterations``."""
-    steps = (round(iterations * 0.85), round(iterations * 0.95))
+    steps = (round(iterations * 0.85), min(round(iterations * 0.95), iterations - 1))
     return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", str(steps),
             "SOLVER.WARMUP_ITERS", str(min(50, iterations // 4)),
             "SOLVER.CHECKPOINT_PERIOD", str(iterations)]
@@ -79,8 +81,9 @@ def _final_metrics(path: Path) -> dict | None:
     if not path.is_file():
         return None
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    evaluated = [r for r in records if all(key in r for key in METRICS)]
-    return {key: evaluated[-1][key] for key in METRICS} if evaluated else None
+    # Detectron2 writes only NaN box metrics when a model detects nothing.
+    evaluated = [r for r in records if "bbox/AP" in r]
+    return {key: evaluated[-1].get(key, math.nan) for key in METRICS} if evaluated else None
 
 
 def _table(results: dict, seeds: list[int]) -> list[str]:
@@ -89,9 +92,9 @@ def _table(results: dict, seeds: list[int]) -> list[str]:
     for variant, runs in results.items():
         cells = []
         for key in METRICS:
-            values = [r[key] for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
+            values = np.array([r[key] for r in runs], dtype=float)
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.1f} ± {spread:.1f}")
         lines.append(f"| {variant} | {VARIANTS[variant][0]} | " + " | ".join(cells) + " |")
     return [*lines, "", f"Mean ± standard deviation over seeds {seeds}."]
 

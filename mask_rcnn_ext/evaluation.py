@@ -53,7 +53,10 @@ def encode_masks(masks: torch.Tensor) -> list[dict]:
                           axis=None)
     starts = np.concatenate(([0], np.cumsum((last - first + 1) * height)))
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    boundaries = np.union1d(changes, starts)  # every run ends at a change or a strip's end
+    # Every run ends at a change or at a strip's end: the sorted union of both (np.union1d
+    # hashes, which is several times slower here).
+    boundaries = np.sort(np.concatenate((changes, starts)))
+    boundaries = boundaries[np.concatenate(([True], boundaries[1:] != boundaries[:-1]))]
     lengths = np.diff(boundaries).tolist()
     first_run = np.searchsorted(boundaries, starts).tolist()
     starts_with_foreground = flat[starts[:-1]].tolist()
