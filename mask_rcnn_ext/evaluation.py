@@ -1,15 +1,16 @@
 """COCO evaluation of instance segmentation: Detectron2's COCOEvaluator, with the same AP in less
 time.
 
-Where Detectron2's COCOEvaluator spends its time on Mask R-CNN outputs (measured, see
-benchmarks/results/summary.md): run-length encoding each full-image mask with pycocotools (most of it), then
-deep-copying every prediction before the mask evaluation. :class:`FastCOCOEvaluator` encodes only
-the columns between a mask's first and last foreground column (the rest of a COCO RLE, which runs
-down the columns, is two runs of zeros), and copies predictions shallowly. Matching and AP are
-Detectron2's own (``COCOeval_opt``, or pycocotools' ``COCOeval`` with ``use_fast_impl=False``).
+Where Detectron2's COCOEvaluator spends its time on Mask R-CNN outputs (profiled): run-length
+encoding each full-image mask with pycocotools (most of it), then deep-copying every prediction
+before the mask evaluation. :class:`FastCOCOEvaluator` encodes only the columns between a mask's
+first and last foreground column (the rest of a COCO RLE, which runs down the columns, is two runs
+of zeros), and copies predictions shallowly. Matching and AP are Detectron2's own
+(``COCOeval_opt``, or pycocotools' ``COCOeval`` with ``use_fast_impl=False``). Figures:
+benchmarks/results/summary.md.
 
 faster-coco-eval's own ``COCOeval_faster`` was measured too: faster for boxes, slower for masks on
-this machine, so not used (the numbers are in benchmarks/results/summary.md).
+this machine, so not used.
 """
 
 from __future__ import annotations

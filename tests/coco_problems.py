@@ -1,6 +1,8 @@
 """Random COCO-format evaluation problems shared by the evaluation tests."""
 
+import contextlib
 import copy
+import json
 
 import numpy as np
 
@@ -67,3 +69,22 @@ def to_instances(image, detections, dataset_id_to_contiguous_id):
         [polygons_to_bitmask(d["segmentation"], height, width) for d in ours]) if ours
         else np.zeros((0, height, width), bool))
     return instances
+
+
+@contextlib.contextmanager
+def registered(dataset, folder, name):
+    """``dataset`` written to ``folder`` as COCO JSON and registered as ``name``, loaded once so
+    that its metadata holds the category-id mapping; unregistered afterwards. Yields the JSON
+    file's path."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    json_file = folder / "instances.json"
+    json_file.write_text(json.dumps(dataset))
+    register_coco_instances(name, {}, str(json_file), str(folder))
+    try:
+        DatasetCatalog.get(name)
+        yield json_file
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -9,7 +9,7 @@ from detectron2.evaluation.fast_eval_api import COCOeval_opt
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from coco_problems import evaluate, random_problem, to_instances
+from coco_problems import evaluate, random_problem, registered, to_instances
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
@@ -28,17 +28,12 @@ def test_fast_cocoeval_equals_pycocotools(iou_type, use_cats):
 
 
 def test_coco_evaluator_with_default_arguments(tmp_path):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
+    from detectron2.data import MetadataCatalog
     from detectron2.evaluation import COCOEvaluator
 
     dataset, detections = random_problem(seed=1, num_images=8)
-    json_file = tmp_path / "instances.json"
-    json_file.write_text(json.dumps(dataset))
     name = "mask_rcnn_ext_test_cocoeval"
-    register_coco_instances(name, {}, str(json_file), str(tmp_path))
-    try:
-        DatasetCatalog.get(name)  # loading fills the metadata's category-id mapping
+    with registered(dataset, tmp_path, name) as json_file:
         evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "eval"))
         evaluator.reset()
         contiguous = MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id
@@ -46,14 +41,11 @@ def test_coco_evaluator_with_default_arguments(tmp_path):
             evaluator.process([{"image_id": image["id"]}],
                               [{"instances": to_instances(image, detections, contiguous)}])
         results = evaluator.evaluate()
-        # Reference: pycocotools on the predictions the evaluator wrote (rasterised masks as RLE).
-        written = json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())
-        ground_truth = COCO(str(json_file))
-        for iou_type in ("bbox", "segm"):
-            reference = evaluate(COCOeval, ground_truth, written, iou_type, 1)
-            assert results[iou_type]["AP"] == pytest.approx(100 * reference.stats[0], abs=1e-6)
-            assert results[iou_type]["AP75"] == pytest.approx(100 * reference.stats[2], abs=1e-6)
-        assert results["segm"]["AP"] > 10
-    finally:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    # Reference: pycocotools on the predictions the evaluator wrote (rasterised masks as RLE).
+    written = json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())
+    ground_truth = COCO(str(json_file))
+    for iou_type in ("bbox", "segm"):
+        reference = evaluate(COCOeval, ground_truth, written, iou_type, 1)
+        assert results[iou_type]["AP"] == pytest.approx(100 * reference.stats[0], abs=1e-6)
+        assert results[iou_type]["AP75"] == pytest.approx(100 * reference.stats[2], abs=1e-6)
+    assert results["segm"]["AP"] > 10

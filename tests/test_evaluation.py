@@ -7,13 +7,12 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from coco_problems import evaluate, random_problem, to_instances
+from coco_problems import evaluate, random_problem, registered, to_instances
 from mask_rcnn_ext.evaluation import FastCOCOEvaluator, encode_masks
 
 
@@ -61,14 +60,9 @@ def test_mask_encoding_of_pasted_masks_in_non_contiguous_memory():
 @pytest.fixture
 def registered_problem(tmp_path):
     dataset, detections = random_problem(seed=3, num_images=12)
-    json_file = tmp_path / "instances.json"
-    json_file.write_text(json.dumps(dataset))
     name = "mask_rcnn_ext_test_fast_evaluator"
-    register_coco_instances(name, {}, str(json_file), str(tmp_path))
-    DatasetCatalog.get(name)  # loading fills the metadata's category-id mapping
-    yield name, dataset, detections, json_file
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    with registered(dataset, tmp_path, name) as json_file:
+        yield name, dataset, detections, json_file
 
 
 def _run(evaluator, dataset, detections):
