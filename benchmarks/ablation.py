@@ -1,13 +1,16 @@
-"""The accuracy study: stock Mask R-CNN and mask_rcnn_ext's variants, trained with one schedule on
-the synthetic set, several seeds each; writes benchmarks/results/ablation.{json,md}.
+"""The accuracy study: stock Mask R-CNN and mask_rcnn_ext's variants, trained with one schedule,
+several seeds each; writes benchmarks/results/ablation.{json,md} (``--results``).
 
-Every variant is the small CPU config (configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml) with the
-keys below changed; each run is ``train_net.py`` (train, then evaluate on synthetic_val) in its
-own folder under ``--output``, and a finished run is reused when the study is run again.
-The same axes on COCO with a GPU use the configs in configs/Ablations/ and configs/COCO/, e.g.
-``python train_net.py --config-file configs/Ablations/roipool_R_50_FPN_1x.yaml --num-gpus 8``.
+On the synthetic set (default), every variant is the small CPU config
+(configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml) with the keys below changed, trained for
+``--iterations`` (300: the whole study takes about two hours on 2 CPU cores). With ``--coco``,
+every variant is its R50-FPN COCO config (configs/COCO, configs/Ablations) on its own 1x schedule,
+on ``--num-gpus`` GPUs:
 
-Usage: python -m benchmarks.ablation [--iterations 300] [--seeds 0 1] [--variants ...]
+    python -m benchmarks.ablation --coco --num-gpus 8 --output output/coco_ablation
+
+Each run is ``train_net.py`` (train, then evaluate) in its own folder under ``--output``; a finished
+run is reused when the study is run again, so an interrupted study continues where it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,30 +29,44 @@ import numpy as np
 from benchmarks.common import RESULTS, environment
 
 ROOT = Path(__file__).parent.parent
-CONFIG = ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml"
+SYNTHETIC_CONFIG = "configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml"
 POOLERS = ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_MASK_HEAD.POOLER_TYPE")
+STOCK_HEADS = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads",
+               "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
 
 
 def _pooler(name: str) -> list[str]:
     return [item for key in POOLERS for item in (key, name)]
 
 
-# name: (what it changes, config overrides)
+# name: (what it changes, overrides of the synthetic config, COCO config [+ its overrides])
 VARIANTS = {
-    "stock Detectron2": ("Detectron2's StandardROIHeads and mask head",
-                         ["MODEL.ROI_HEADS.NAME", "StandardROIHeads",
-                          "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]),
-    "RoIAlign avg (ours)": ("the default: ROIAlignV2", []),
-    "RoIAlign max": ("max over the bin's samples", _pooler("ROIAlignMax")),
-    "RoIPool": ("quantised max pooling", _pooler("ROIPool")),
-    "RoIWarp": ("quantised box, bilinear warp", _pooler("ROIWarp")),
-    "PreciseROIPool": ("integral of the bilinear surface", _pooler("PreciseROIPool")),
-    "softmax mask loss": ("per-pixel multinomial", ["MODEL.ROI_MASK_HEAD.LOSS", "softmax"]),
-    "MLP mask head": ("fc layers instead of the FCN", ["MODEL.ROI_MASK_HEAD.ARCH", "mlp"]),
-    "mask scoring": ("MaskIoU head rescoring", ["MODEL.ROI_MASK_SCORING.ENABLED", "True"]),
-    "mask 56x56": ("one more 2x deconvolution", ["MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION", "56"]),
+    "stock Detectron2": ("Detectron2's StandardROIHeads and mask head", STOCK_HEADS,
+                         ["configs/COCO/mask_rcnn_R_50_FPN_1x.yaml", *STOCK_HEADS]),
+    "RoIAlign avg (ours)": ("the default: ROIAlignV2", [],
+                            ["configs/Ablations/roialign_avg_R_50_FPN_1x.yaml"]),
+    "RoIAlign max": ("max over the bin's samples", _pooler("ROIAlignMax"),
+                     ["configs/Ablations/roialign_max_R_50_FPN_1x.yaml"]),
+    "RoIPool": ("quantised max pooling", _pooler("ROIPool"),
+                ["configs/Ablations/roipool_R_50_FPN_1x.yaml"]),
+    "RoIWarp": ("quantised box, bilinear warp", _pooler("ROIWarp"),
+                ["configs/Ablations/roiwarp_R_50_FPN_1x.yaml"]),
+    "PreciseROIPool": ("integral of the bilinear surface", _pooler("PreciseROIPool"),
+                       ["configs/COCO/precise_pool_R_50_FPN_1x.yaml"]),
+    "softmax mask loss": ("per-pixel multinomial", ["MODEL.ROI_MASK_HEAD.LOSS", "softmax"],
+                          ["configs/Ablations/mask_softmax_R_50_FPN_1x.yaml"]),
+    "MLP mask head": ("fc layers instead of the FCN", ["MODEL.ROI_MASK_HEAD.ARCH", "mlp"],
+                      ["configs/Ablations/mask_mlp_R_50_FPN_1x.yaml"]),
+    "mask scoring": ("MaskIoU head rescoring", ["MODEL.ROI_MASK_SCORING.ENABLED", "True"],
+                     ["configs/COCO/mask_scoring_R_50_FPN_1x.yaml"]),
+    "mask 56x56": ("one more 2x deconvolution", ["MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION", "56"],
+                   ["configs/Ablations/mask_56_R_50_FPN_1x.yaml"]),
 }
 METRICS = ("bbox/AP", "segm/AP", "segm/AP50", "segm/AP75")
+BASELINE = "RoIAlign avg (ours)"
+# The paper's orderings (Mask R-CNN, Table 2): the baseline's mask AP above each of these.
+ORDERINGS = {"RoIAlign > RoIPool": "RoIPool", "RoIAlign > RoIWarp": "RoIWarp",
+             "sigmoid > softmax": "softmax mask loss", "FCN > MLP": "MLP mask head"}
 
 
 def _schedule(iterations: int) -> list[str]:
@@ -59,15 +77,26 @@ def _schedule(iterations: int) -> list[str]:
             "SOLVER.CHECKPOINT_PERIOD", str(iterations)]
 
 
-def run(variant: str, seed: int, iterations: int, output: Path) -> dict:
-    folder = output / variant.replace(" ", "_").replace("/", "_") / f"seed{seed}"
+def _command(variant: str, seed: int, args, folder: Path) -> list[str]:
+    _, synthetic_overrides, (coco_config, *coco_overrides) = VARIANTS[variant]
+    if args.coco:
+        config, overrides = coco_config, [*coco_overrides, *(
+            _schedule(args.iterations) if args.iterations else [])]
+    else:
+        config, overrides = SYNTHETIC_CONFIG, [*synthetic_overrides,
+                                               *_schedule(args.iterations or 300)]
+    return [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(ROOT / config),
+            "--num-gpus", str(args.num_gpus), *overrides, "SEED", str(seed),
+            "OUTPUT_DIR", str(folder)]
+
+
+def run(variant: str, seed: int, args) -> dict:
+    folder = args.output / variant.replace(" ", "_").replace("/", "_") / f"seed{seed}"
     metrics_file = folder / "metrics.json"
     finished = _final_metrics(metrics_file)
     if finished:
         return finished
-    command = [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(CONFIG),
-               *VARIANTS[variant][1], *_schedule(iterations), "SEED", str(seed),
-               "OUTPUT_DIR", str(folder)]
+    command = _command(variant, seed, args, folder)
     print(f"[ablation] {variant}, seed {seed}: {' '.join(command[2:])}", flush=True)
     subprocess.run(command, check=True, cwd=ROOT, env=dict(os.environ),
                    stdout=subprocess.DEVNULL)
@@ -86,38 +115,76 @@ def _final_metrics(path: Path) -> dict | None:
     return {key: evaluated[-1].get(key, math.nan) for key in METRICS} if evaluated else None
 
 
-def _table(results: dict, seeds: list[int]) -> list[str]:
+def _values(runs: list[dict], key: str) -> np.ndarray:
+    return np.array([r[key] for r in runs], dtype=float)
+
+
+def _spread(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _table(results: dict) -> list[str]:
     lines = ["| variant | changes | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
     for variant, runs in results.items():
-        cells = []
-        for key in METRICS:
-            values = np.array([r[key] for r in runs], dtype=float)
-            spread = values.std(ddof=1) if len(values) > 1 else 0.0
-            cells.append(f"{values.mean():.1f} ± {spread:.1f}")
+        cells = [f"{_values(runs, key).mean():.1f} ± {_spread(_values(runs, key)):.1f}"
+                 for key in METRICS]
         lines.append(f"| {variant} | {VARIANTS[variant][0]} | " + " | ".join(cells) + " |")
-    return [*lines, "", f"Mean ± standard deviation over seeds {seeds}."]
+    return lines
+
+
+def _orderings(results: dict) -> list[str]:
+    """Each paper ordering: the baseline's mask AP minus the other's, and a verdict: it holds
+    when the difference is above both variants' seed spreads, is reversed when below minus
+    them, and is otherwise within the noise of this study."""
+    if BASELINE not in results:
+        return []
+    baseline = _values(results[BASELINE], "segm/AP")
+    lines = ["| ordering | mask AP difference | verdict |", "|---|---|---|"]
+    comparisons = dict(ORDERINGS)
+    comparisons["mask scoring adds"] = "mask scoring"
+    for claim, other in comparisons.items():
+        if other not in results:
+            continue
+        values = _values(results[other], "segm/AP")
+        noise = max(_spread(baseline), _spread(values))
+        difference = baseline.mean() - values.mean()
+        if other == "mask scoring":
+            difference = -difference
+        verdict = ("no detections to compare" if math.isnan(difference) else "holds"
+                   if difference > noise else "reversed" if difference < -noise
+                   else "within noise")
+        lines.append(f"| {claim} | {difference:+.1f} (noise {noise:.1f}) | {verdict} |")
+    return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--iterations", type=int,
+                        help="per run (default: 300 synthetic; the configs' own on COCO)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--coco", action="store_true", help="the COCO configs instead")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per run")
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "ablation")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    results = {variant: [run(variant, seed, args.iterations, args.output) for seed in args.seeds]
+    results = {variant: [run(variant, seed, args) for seed in args.seeds]
                for variant in args.variants}
+    data = "COCO (R50-FPN configs)" if args.coco else f"the synthetic set ({SYNTHETIC_CONFIG})"
+    schedule = f"{args.iterations} iterations" if args.iterations else (
+        "each config's schedule" if args.coco else "300 iterations")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "ablation.json").write_text(json.dumps({
-        "environment": environment(), "iterations": args.iterations, "seeds": args.seeds,
-        "config": str(CONFIG.relative_to(ROOT)), "results": results}, indent=2) + "\n")
-    lines = ["# Ablation on the synthetic set", "",
-             f"`python -m benchmarks.ablation --iterations {args.iterations} --seeds "
-             f"{' '.join(map(str, args.seeds))}`: {CONFIG.relative_to(ROOT)} with "
-             f"{args.iterations} iterations of 4 images per run, evaluated on synthetic_val.", "",
-             *_table(results, args.seeds), ""]
+        "environment": environment(), "data": data, "schedule": schedule, "seeds": args.seeds,
+        "results": results}, indent=2) + "\n")
+    lines = [f"# Ablation on {data}", "",
+             f"`python -m benchmarks.ablation {shlex.join(sys.argv[1:] if argv is None else argv)}`"
+             f": {schedule} per run, mean ± standard deviation over seeds {args.seeds}.", "",
+             *_table(results), "", "The paper's orderings, on mask AP:", "",
+             *_orderings(results), "",
+             "On COCO with GPUs: `python -m benchmarks.ablation --coco --num-gpus 8 --output "
+             "output/coco_ablation --results benchmarks/results/coco`.", ""]
     (args.results / "ablation.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
