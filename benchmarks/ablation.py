@@ -25,8 +25,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from benchmarks.common import RESULTS, environment
+from mask_rcnn_ext import load_config
 
 ROOT = Path(__file__).parent.parent
 SYNTHETIC_CONFIG = "configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml"
@@ -93,10 +95,11 @@ def _command(variant: str, seed: int, args, folder: Path) -> list[str]:
 def run(variant: str, seed: int, args) -> dict:
     folder = args.output / variant.replace(" ", "_").replace("/", "_") / f"seed{seed}"
     metrics_file = folder / "metrics.json"
+    command = _command(variant, seed, args, folder)
     finished = _final_metrics(metrics_file)
     if finished:
+        _check_reused(folder, command)
         return finished
-    command = _command(variant, seed, args, folder)
     print(f"[ablation] {variant}, seed {seed}: {' '.join(command[2:])}", flush=True)
     subprocess.run(command, check=True, cwd=ROOT, env=dict(os.environ),
                    stdout=subprocess.DEVNULL)
@@ -104,6 +107,16 @@ def run(variant: str, seed: int, args) -> dict:
     if not finished:
         raise RuntimeError(f"{variant}, seed {seed}: no evaluation in {metrics_file}")
     return finished
+
+
+def _check_reused(folder: Path, command: list[str]) -> None:
+    """A finished run is reused only if it had this run's settings (the config it saved)."""
+    saved = load_config(str(folder / "config.yaml"))
+    wanted = load_config(command[command.index("--config-file") + 1],
+                         command[command.index("--num-gpus") + 2:])
+    if yaml.safe_load(saved.dump()) != yaml.safe_load(wanted.dump()):
+        raise RuntimeError(f"{folder} holds a run with other settings than {' '.join(command)}; "
+                           "use another --output")
 
 
 def _final_metrics(path: Path) -> dict | None:
