@@ -138,7 +138,7 @@ def _write_pickle(path, data):
 
 def test_arrays_in_model_zoo_caffe2_and_torch_files_load(tmp_path):
     """As Detectron2's checkpointer loads the .pkl layouts; NumPy arrays in a .pth file (which
-    torch 2.6+ refuses by default) load too."""
+    torch 2.6+ refuses by default) and pycls' .pyth layout load too."""
     import numpy as np
 
     weights = {"weight": np.full((64, 64), 0.5, np.float32),
@@ -148,7 +148,9 @@ def test_arrays_in_model_zoo_caffe2_and_torch_files_load(tmp_path):
     _write_pickle(tmp_path / "caffe2.pkl",
                   {"blobs": {**weights, "weight_momentum": weights["weight"]}})
     torch.save(zoo, tmp_path / "arrays.pth")
-    for name in ("zoo.pkl", "caffe2.pkl", "arrays.pth"):
+    torch.save({"model_state": {**weights, "num_batches_tracked": torch.tensor(3)}},
+               tmp_path / "pycls.pyth")
+    for name in ("zoo.pkl", "caffe2.pkl", "arrays.pth", "pycls.pyth"):
         ours = _model(0.0)
         SafeCheckpointer(ours).load(str(tmp_path / name))
         assert torch.all(ours.weight == 0.5) and torch.equal(ours.bias, torch.arange(64.0))
