@@ -32,7 +32,8 @@ STOCK_HEADS = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads",
                "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
 
 
-def _generator():
+def synthetic_generator():
+    """The project's synthetic data generator module (datasets/prepare_synthetic.py)."""
     spec = importlib.util.spec_from_file_location("prepare_synthetic",
                                                   ROOT / "datasets" / "prepare_synthetic.py")
     module = importlib.util.module_from_spec(spec)
@@ -50,7 +51,7 @@ def config(name: str, stock: bool, device: str = "cpu", overrides: list | None =
 def synthetic_images(count: int, size: tuple[int, int], seed: int = 0):
     """``count`` synthetic images (BGR uint8, ``size`` = (H, W)) and their objects (class index,
     list of polygons in pixels), scaled up from the generator's 256 x 320."""
-    generator = _generator()
+    generator = synthetic_generator()
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(count):

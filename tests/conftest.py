@@ -1,26 +1,16 @@
 """Shared fixtures: a tiny synthetic COCO-format data set written to disk and registered, and a
 small Mask R-CNN config."""
 
-import importlib.util
 import uuid
-from pathlib import Path
 
 import pytest
 from detectron2.config import get_cfg
 
+from benchmarks.models import synthetic_generator
 from mask_rcnn_ext import add_mask_rcnn_ext_config
 
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_synthetic", Path(__file__).parent.parent / "datasets" / "prepare_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # The project's synthetic data generator (datasets/prepare_synthetic.py), for tests that need data.
-prepare_synthetic = _load_generator()
+prepare_synthetic = synthetic_generator()
 
 
 @pytest.fixture
