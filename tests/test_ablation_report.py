@@ -1,10 +1,10 @@
 """The ablation study's report: which evaluation a run's metrics.json holds, and the verdicts on
-the paper's orderings (benchmarks/ablation.py)."""
+the paper's orderings and the options' gains (benchmarks/ablation.py)."""
 
 import json
 import math
 
-from benchmarks.ablation import _final_metrics, _orderings
+from benchmarks.ablation import _comparisons, _final_metrics
 
 
 def test_final_metrics_take_the_last_evaluation(tmp_path):
@@ -36,11 +36,12 @@ def test_ordering_verdicts_weigh_differences_against_the_seed_spread():
                "softmax mask loss": _runs(20.0, 21.0),      # 0.5 lower: within noise
                "MLP mask head": _runs(25.0, 27.0),          # 5 higher: reversed
                "mask scoring": _runs(23.0, 24.0)}           # adds 2.5: holds
-    rows = {line.split(" | ")[0].strip("| "): line for line in _orderings(results)[2:]}
+    rows = {line.split(" | ")[0].strip("| "): line for line in _comparisons(results)[2:]}
     assert rows["RoIAlign > RoIPool"].endswith("| holds |") and "+5.5" in rows[
         "RoIAlign > RoIPool"]
     assert rows["sigmoid > softmax"].endswith("| within noise |")
     assert rows["FCN > MLP"].endswith("| reversed |") and "-5.0" in rows["FCN > MLP"]
-    assert rows["mask scoring adds"].endswith("| holds |") and "+2.5" in rows[
-        "mask scoring adds"]
+    assert rows["mask scoring on > off"].endswith("| holds |") and "+2.5" in rows[
+        "mask scoring on > off"]
     assert "RoIAlign > RoIWarp" not in rows  # not run
+    assert _comparisons({"RoIWarp": _runs(1.0, 2.0)}) == []  # nothing to compare it with
