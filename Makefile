@@ -56,7 +56,7 @@ demo: setup
 # Speed and memory against stock Detectron2 (not in CI; about 15 minutes on 2 CPU cores): each
 # script writes benchmarks/results/<name>.json; the summary is benchmarks/results/summary.md.
 bench: setup
-	$(PY) benchmarks/roi_align.py
+	$(PY) -m benchmarks.roi_align
 	$(PY) -m benchmarks.coco_eval
 	$(PY) -m benchmarks.inference
 	$(PY) -m benchmarks.train_step

@@ -3,7 +3,8 @@
 Both sides pool the same FPN levels (P2-P5 of an 800 x 1216 image, 256 channels) with the same
 level assignment: the reference is Detectron2's ROIPooler with "ROIAlignV2", which calls
 torchvision.ops.roi_align per level; ours is mask_rcnn_ext.modeling.ROIPooler. Times are medians
-of ``--repeats`` runs after one warm-up, with ``--threads`` intra-op threads.
+of ``--repeats`` runs after one warm-up, the poolers alternating (benchmarks/common.py), with
+``--threads`` intra-op threads.
 
 Cases (Mask R-CNN's two poolers):
   box:  2 images x 512 RoIs, 7 x 7 output, sampling_ratio 0, aligned;
@@ -11,24 +12,21 @@ Cases (Mask R-CNN's two poolers):
 RoIs have log-uniform sizes (sqrt of area 16-800 px) and aspect ratios (1:2-2:1), anywhere in the
 image, clipped to it: the spread of Mask R-CNN's sampled proposals.
 
-Usage: python benchmarks/roi_align.py [--repeats 7] [--threads 2] [--device cpu] [--output PATH]
+Usage: python -m benchmarks.roi_align [--repeats 7] [--threads 2] [--device cpu] [--output PATH]
 Prints a table and writes JSON (default benchmarks/results/roi_align.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from detectron2.modeling.poolers import ROIPooler as Detectron2ROIPooler
 from detectron2.structures import Boxes
 
+from benchmarks.common import compare, environment, print_table, write_results
 from mask_rcnn_ext.modeling import ROIPooler
 
 IMAGE_SIZE = (800, 1216)
@@ -62,12 +60,7 @@ def make_inputs(rois_per_image: int, device: str, seed: int = 0):
     return features, box_lists
 
 
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_pooler(pooler, features, box_lists, repeats: int, device: str) -> dict[str, float]:
+def _pooling_steps(pooler, features, box_lists) -> dict[str, Callable[[], object]]:
     leaves = [f.detach().requires_grad_(True) for f in features]
 
     def forward():
@@ -80,30 +73,23 @@ def time_pooler(pooler, features, box_lists, repeats: int, device: str) -> dict[
         pooled = pooler(leaves, box_lists)
         pooled.backward(torch.ones_like(pooled))
 
-    result = {}
-    for name, step in (("forward", forward), ("forward+backward", forward_backward)):
-        step()  # warm-up
-        times = []
-        for _ in range(repeats):
-            _synchronize(device)
-            start = time.perf_counter()
-            step()
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-        result[name] = statistics.median(times)
-    return result
+    return {"forward": forward, "forward+backward": forward_backward}
 
 
-def run(repeats: int, threads: int, device: str) -> dict:
-    torch.set_num_threads(threads)
+def run(repeats: int, device: str) -> dict:
+    """Per case, pooler and step: the median seconds."""
     results = {}
     for case, (rois_per_image, output) in CASES.items():
         features, box_lists = make_inputs(rois_per_image, device)
         poolers = {"torchvision": Detectron2ROIPooler(output, SCALES, 0, "ROIAlignV2")}
         for pooler_type in ("ROIAlignV2", "ROIAlignMax", "PreciseROIPool"):
             poolers[pooler_type] = ROIPooler(output, SCALES, 0, pooler_type)
-        results[case] = {name: time_pooler(pooler, features, box_lists, repeats, device)
-                         for name, pooler in poolers.items()}
+        steps = {(name, step): function for name, pooler in poolers.items()
+                 for step, function in _pooling_steps(pooler, features, box_lists).items()}
+        timings = compare(steps, repeats, device)
+        results[case] = {name: {step: timings[(name, step)]["median_s"]
+                                for step in ("forward", "forward+backward")}
+                         for name in poolers}
     return results
 
 
@@ -120,56 +106,30 @@ def ratios(times: dict) -> dict[str, float]:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {platform.system()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).parent / "results" / "roi_align.json")
+    parser.add_argument("--output", type=Path, help="default benchmarks/results/roi_align.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
-    results = run(args.repeats, args.threads, args.device)
-    report = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "device": args.device,
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "seconds": results,
-        "ratios": {case: ratios(times) for case, times in results.items()},
-        "targets": TARGETS,
-    }
-    print(f"{report['date']}, {report['machine']}, device {args.device}, {args.threads} threads, "
-          f"median of {args.repeats}, torch {torch.__version__}")
-    print("\n| case | pooler | forward (ms) | forward+backward (ms) |\n|---|---|---|---|")
-    for case, times in results.items():
-        for name, timing in times.items():
-            print(f"| {case} | {name} | {1e3 * timing['forward']:.1f} | "
-                  f"{1e3 * timing['forward+backward']:.1f} |")
-    print("\n| ratio | target | " + " | ".join(results) + " |\n|---|---|" + "---|" * len(results))
-    for name, target in TARGETS.items():
-        cells = []
-        for case in results:
-            value = report["ratios"][case][name]
-            cells.append(f"{value:.2f} ({'ok' if value <= target else 'MISSED'})")
-        print(f"| {name} | <= {target} | " + " | ".join(cells) + " |")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
+    results = run(args.repeats, args.device)
+    report = {"environment": environment(args.device), "repeats": args.repeats,
+              "seconds": results,
+              "ratios": {case: ratios(times) for case, times in results.items()},
+              "targets": TARGETS}
+    print_table([(case, name, f"{1e3 * timing['forward']:.1f}",
+                  f"{1e3 * timing['forward+backward']:.1f}")
+                 for case, times in results.items() for name, timing in times.items()],
+                ("case", "pooler", "forward ms", "forward+backward ms"))
+    print()
+    print_table([(name, f"<= {target}", *(
+        f"{report['ratios'][case][name]:.2f} "
+        f"({'ok' if report['ratios'][case][name] <= target else 'MISSED'})" for case in results))
+        for name, target in TARGETS.items()], ("ratio", "target", *results))
+    print(f"written: {write_results('roi_align', report, args.output)}")
 
 
 if __name__ == "__main__":
