@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 from conftest import small_mask_rcnn_cfg
 from mask_rcnn_ext import add_mask_rcnn_ext_config
 from mask_rcnn_ext.modeling import POOLER_REGISTRY, MaskRCNNFCNHead
-from mask_rcnn_ext.modeling.mask_head import mask_rcnn_softmax_loss
+from mask_rcnn_ext.modeling.mask_head import mask_probabilities, mask_rcnn_softmax_loss
 from mask_rcnn_ext.modeling.mask_scoring import mask_iou_targets
 
 
@@ -181,6 +181,27 @@ def test_softmax_loss_on_a_hand_computed_case():
         expected += -(float(column[target]) - math.log(float(column.exp().sum())))
     loss = mask_rcnn_softmax_loss(logits, [instances])
     assert loss.item() == pytest.approx(expected / 4, rel=1e-6)
+
+
+def test_softmax_masks_are_the_pixels_whose_most_likely_label_is_the_class():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, 5, 5, generator=generator) * 3  # background + 3 classes
+    classes = torch.tensor([0, 1, 2, 2, 1, 0])
+    probabilities = mask_probabilities(logits, classes, "softmax")
+    for roi, gt_class in enumerate(classes.tolist()):
+        for row in range(5):
+            for col in range(5):
+                label = int(logits[roi, :, row, col].argmax())
+                expected = label == gt_class + 1
+                assert bool(probabilities[roi, row, col] > 0.5) == expected, (roi, row, col)
+    # A pixel split evenly among three classes over a weaker background is foreground, and
+    # belongs to each of those classes' instances at the boundary value 0.5 ...
+    tie = torch.tensor([0.0, 2.0, 2.0, 2.0]).view(1, 4, 1, 1)
+    assert mask_probabilities(tie, torch.tensor([1]), "softmax").item() == pytest.approx(0.5)
+    # ... and class-agnostic, it is the plain softmax probability of the foreground.
+    agnostic = torch.randn(2, 2, 3, 3, generator=generator)
+    torch.testing.assert_close(mask_probabilities(agnostic, torch.tensor([0, 0]), "softmax"),
+                               agnostic.softmax(1)[:, 1])
 
 
 def test_mask_iou_target_on_a_hand_built_case():

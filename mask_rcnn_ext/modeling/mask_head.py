@@ -80,11 +80,21 @@ def mask_rcnn_softmax_loss(logits: Tensor, instances: list[Instances]) -> Tensor
 
 
 def mask_probabilities(logits: Tensor, classes: Tensor, loss: str) -> Tensor:
-    """Each instance's mask probabilities for its class: (N, C, R, R) logits -> (N, R, R)."""
+    """Each instance's mask probabilities for its class: (N, C, R, R) logits -> (N, R, R).
+
+    Softmax: as in FCN's per-pixel multinomial, a pixel belongs to the instance where the
+    instance's class is its most likely label. The soft mask is the softmax restricted to that
+    class and its strongest rival (background or another class), which is above 0.5 exactly
+    there. (The class's plain softmax probability would split a pixel among classes that the mask
+    head has not yet learned to tell apart, leaving it below 0.5 although the pixel is
+    confidently foreground.) Class-agnostic, it is the foreground's softmax probability.
+    """
     index = torch.arange(logits.shape[0], device=logits.device)
     if loss == "softmax":
         channel = classes + 1 if logits.shape[1] > 2 else torch.ones_like(classes)
-        return logits.softmax(dim=1)[index, channel]
+        own = logits[index, channel]
+        rivals = logits.index_put((index, channel), own.new_tensor(-math.inf))
+        return (own - rivals.amax(dim=1)).sigmoid()
     channel = classes if logits.shape[1] > 1 else torch.zeros_like(classes)
     return logits[index, channel].sigmoid()
 
