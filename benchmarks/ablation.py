@@ -191,9 +191,11 @@ def main(argv=None):
     (args.results / "ablation.json").write_text(json.dumps({
         "environment": environment(), "data": data, "schedule": schedule, "seeds": args.seeds,
         "results": results}, indent=2) + "\n")
+    command = shlex.join(["python", "-m", "benchmarks.ablation",
+                          *(sys.argv[1:] if argv is None else argv)])
     lines = [f"# Ablation on {data}", "",
-             f"`python -m benchmarks.ablation {shlex.join(sys.argv[1:] if argv is None else argv)}`"
-             f": {schedule} per run, mean ± standard deviation over seeds {args.seeds}.", "",
+             f"`{command}`: {schedule} per run, mean ± standard deviation over seeds "
+             f"{args.seeds}.", "",
              *_table(results), "",
              "The paper's orderings (first four) and what each option adds, on mask AP:", "",
              *_comparisons(results), "",
