@@ -3,9 +3,9 @@ several seeds each; writes benchmarks/results/ablation.{json,md} (``--results``)
 
 On the synthetic set (default), every variant is the small CPU config
 (configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml) with the keys below changed, trained for
-``--iterations`` (300: the whole study takes about two hours on 2 CPU cores). With ``--coco``,
-every variant is its R50-FPN COCO config (configs/COCO, configs/Ablations) on its own 1x schedule,
-on ``--num-gpus`` GPUs:
+``--iterations`` (300: the whole study took 2 h 27 min on 2 CPU cores; 240 fits two hours).
+With ``--coco``, every variant is its R50-FPN COCO config (configs/COCO, configs/Ablations) on its
+own 1x schedule, on ``--num-gpus`` GPUs:
 
     python -m benchmarks.ablation --coco --num-gpus 8 --output output/coco_ablation
 
