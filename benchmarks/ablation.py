@@ -28,13 +28,12 @@ import numpy as np
 import yaml
 
 from benchmarks.common import RESULTS, environment
+from benchmarks.models import STOCK_HEADS
 from mask_rcnn_ext import load_config
 
 ROOT = Path(__file__).parent.parent
 SYNTHETIC_CONFIG = "configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml"
 POOLERS = ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_MASK_HEAD.POOLER_TYPE")
-STOCK_HEADS = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads",
-               "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
 
 
 def _pooler(name: str) -> list[str]:
@@ -86,7 +85,8 @@ def _schedule(iterations: int) -> list[str]:
             "SOLVER.CHECKPOINT_PERIOD", str(iterations)]
 
 
-def _command(variant: str, seed: int, args, folder: Path) -> list[str]:
+def _settings(variant: str, seed: int, args, folder: Path) -> tuple[str, list[str]]:
+    """The run's config file and its overrides."""
     _, synthetic_overrides, (coco_config, *coco_overrides) = VARIANTS[variant]
     if args.coco:
         config, overrides = coco_config, [*coco_overrides, *(
@@ -94,18 +94,18 @@ def _command(variant: str, seed: int, args, folder: Path) -> list[str]:
     else:
         config, overrides = SYNTHETIC_CONFIG, [*synthetic_overrides,
                                                *_schedule(args.iterations or 300)]
-    return [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(ROOT / config),
-            "--num-gpus", str(args.num_gpus), *overrides, "SEED", str(seed),
-            "OUTPUT_DIR", str(folder)]
+    return str(ROOT / config), [*overrides, "SEED", str(seed), "OUTPUT_DIR", str(folder)]
 
 
 def run(variant: str, seed: int, args) -> dict:
     folder = args.output / variant.replace(" ", "_").replace("/", "_") / f"seed{seed}"
     metrics_file = folder / "metrics.json"
-    command = _command(variant, seed, args, folder)
+    config, overrides = _settings(variant, seed, args, folder)
+    command = [sys.executable, str(ROOT / "train_net.py"), "--config-file", config,
+               "--num-gpus", str(args.num_gpus), *overrides]
     finished = _final_metrics(metrics_file)
     if finished:
-        _check_reused(folder, command)
+        _check_reused(folder, config, overrides)
         return finished
     print(f"[ablation] {variant}, seed {seed}: {' '.join(command[2:])}", flush=True)
     subprocess.run(command, check=True, cwd=ROOT, env=dict(os.environ),
@@ -116,14 +116,13 @@ def run(variant: str, seed: int, args) -> dict:
     return finished
 
 
-def _check_reused(folder: Path, command: list[str]) -> None:
+def _check_reused(folder: Path, config: str, overrides: list[str]) -> None:
     """A finished run is reused only if it had this run's settings (the config it saved)."""
     saved = load_config(str(folder / "config.yaml"))
-    wanted = load_config(command[command.index("--config-file") + 1],
-                         command[command.index("--num-gpus") + 2:])
+    wanted = load_config(config, overrides)
     if yaml.safe_load(saved.dump()) != yaml.safe_load(wanted.dump()):
-        raise RuntimeError(f"{folder} holds a run with other settings than {' '.join(command)}; "
-                           "use another --output")
+        raise RuntimeError(f"{folder} holds a run with other settings than {config} "
+                           f"{' '.join(overrides)}; use another --output")
 
 
 def _final_metrics(path: Path) -> dict | None:
@@ -143,12 +142,15 @@ def _spread(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def _mean_and_spread(values: np.ndarray) -> str:
+    return f"{values.mean():.1f} ± {_spread(values):.1f}"
+
+
 def _table(results: dict) -> list[str]:
     lines = ["| variant | changes | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
     for variant, runs in results.items():
-        cells = [f"{_values(runs, key).mean():.1f} ± {_spread(_values(runs, key)):.1f}"
-                 for key in METRICS]
+        cells = [_mean_and_spread(_values(runs, key)) for key in METRICS]
         lines.append(f"| {variant} | {VARIANTS[variant][0]} | " + " | ".join(cells) + " |")
     return lines
 
