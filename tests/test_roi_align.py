@@ -136,11 +136,13 @@ def test_both_window_gather_paths(monkeypatch, direct_fraction):
                                torch.autograd.grad(reference, features, grad)[0])
 
 
-def test_export_is_refused_clearly():
-    """The claim in mask_rcnn_ext.layers: no tracing/scripting/ONNX; tracing says why."""
-    module = ROIAlign(3, 0.5, 0, aligned=True)
+def test_tracing_runs_torchvision_for_avg_and_refuses_max_clearly():
+    """The dispatch's tracing slot: average RoIAlign traces (torchvision's op, which exports to
+    ONNX); max pooling refuses with an error that names it."""
     features, boxes = _features(), _boxes()
-    with pytest.raises(RuntimeError, match="cannot be traced"):
-        torch.jit.trace(module, (features, boxes))
-    with pytest.raises(Exception):  # noqa: B017 - TorchScript's own compile error
-        torch.jit.script(module)
+    traced = torch.jit.trace(ROIAlign(3, 0.5, 0, aligned=True), (features, boxes))
+    other = _features(seed=5)
+    torch.testing.assert_close(traced(other, boxes),
+                               torchvision_roi_align(other, boxes, 3, 0.5, 0, True))
+    with pytest.raises(RuntimeError, match="roi_align_max cannot be traced"):
+        torch.jit.trace(ROIAlign(3, 0.5, 0, aligned=True, mode="max"), (features, boxes))

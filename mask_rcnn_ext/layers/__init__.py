@@ -1,17 +1,18 @@
-"""RoI feature extractors: RoIAlign (avg/max), precise RoI pooling and RoIWarp.
+"""RoI feature extractors: RoIAlign (avg/max), precise RoI pooling, RoIWarp and RoIPool.
 
-All share the separable core in :mod:`mask_rcnn_ext.layers.separable`. RoIPool, for the paper's
-ablation, is torchvision's (re-exported here).
+Each op has a CPU and a CUDA implementation, chosen in one place (:mod:`.backends`, with the
+reasons): the separable core (:mod:`.separable`) on CPU, torchvision's kernel or our Triton kernels
+(:mod:`.triton_roi_pool`) on CUDA. Box coordinates and interpolation weights are float32 whatever
+the features' dtype, also under autocast; the output has the features' dtype.
 
-Export: these ops run eagerly on CPU and CUDA. They cannot be traced, scripted or exported to
-ONNX (their work split depends on box values); tracing raises an error that says so.
+Export: average RoIAlign traces (as torchvision's op, which exports to ONNX); tracing the others
+raises an error that says so.
 """
 
-from torchvision.ops import RoIPool as ROIPool
-from torchvision.ops import roi_pool
-
+from .backends import Backend, choose_backend
 from .precise_roi_pool import PreciseROIPool, precise_roi_pool
 from .roi_align import ROIAlign, roi_align
+from .roi_pool import ROIPool, roi_pool
 from .roi_warp import ROIWarp, roi_warp
 
 __all__ = [
@@ -23,4 +24,6 @@ __all__ = [
     "roi_warp",
     "ROIPool",
     "roi_pool",
+    "Backend",
+    "choose_backend",
 ]

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .roi_align import as_rois
+from .backends import Backend, choose_backend, full_precision, triton_ops
+from .roi_align import as_rois, scaled_boxes
 from .separable import AxisWeights, pool_separable, window_pixels
 
 __all__ = ["precise_roi_pool", "PreciseROIPool"]
@@ -84,12 +85,18 @@ def precise_roi_pool(
     rois = as_rois(boxes, input)
     if rois.shape[0] == 0:
         return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
-    start = rois[:, 1:3] * spatial_scale - (0.5 if aligned else 0.0)
-    extent = (rois[:, 3:5] - rois[:, 1:3]) * spatial_scale
-    height, width = input.shape[-2:]
-    axis_y = IntegratedBins(start[:, 1], extent[:, 1], pooled_h, height)
-    axis_x = IntegratedBins(start[:, 0], extent[:, 0], pooled_w, width)
-    return pool_separable(input, rois[:, 0].detach().long(), axis_y, axis_x)
+    start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=False)
+    backend = choose_backend("precise_roi_pool", input, boxes_need_grad=rois.requires_grad)
+    with full_precision(input):
+        if backend is Backend.TRITON:
+            return triton_ops().precise_roi_pool_triton(input, rois, (pooled_h, pooled_w), start,
+                                                        extent)
+        if backend is not Backend.SEPARABLE:
+            raise ValueError(f"precise_roi_pool has no {backend.value} implementation")
+        height, width = input.shape[-2:]
+        axis_y = IntegratedBins(start[:, 1], extent[:, 1], pooled_h, height)
+        axis_x = IntegratedBins(start[:, 0], extent[:, 0], pooled_w, width)
+        return pool_separable(input, rois[:, 0].detach().long(), axis_y, axis_x)
 
 
 class PreciseROIPool(nn.Module):

@@ -29,18 +29,22 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
+from torchvision.ops import roi_align as torchvision_roi_align
 
+from .backends import Backend, choose_backend, compute_dtype, full_precision, triton_ops
 from .separable import AxisWeights, hat, pool_separable, window_pixels
 
-__all__ = ["roi_align", "ROIAlign", "as_rois"]
+__all__ = ["roi_align", "ROIAlign", "as_rois", "scaled_boxes"]
 
 _MODES = ("avg", "max")
 
 
 def as_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
-    """Boxes as a (K, 5) tensor of (batch_index, x1, y1, x2, y2) in the features' dtype."""
+    """Boxes as a (K, 5) tensor of (batch_index, x1, y1, x2, y2), in float32 (float64 for float64
+    features): never in a low-precision feature dtype, which would move boxes by whole pixels."""
     if features.dim() != 4:
         raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    dtype = compute_dtype(features)
     if isinstance(boxes, (list, tuple)):
         for i, per_image in enumerate(boxes):
             if per_image.dim() != 2 or per_image.shape[1] != 4:
@@ -48,15 +52,28 @@ def as_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
                     f"boxes[{i}] must be a Tensor[L, 4], got shape {tuple(per_image.shape)}"
                 )
         index = torch.cat([
-            torch.full((len(b), 1), i, dtype=features.dtype, device=features.device)
+            torch.full((len(b), 1), i, dtype=dtype, device=features.device)
             for i, b in enumerate(boxes)
-        ]) if boxes else features.new_zeros((0, 1))
-        coordinates = torch.cat(list(boxes)) if boxes else features.new_zeros((0, 4))
-        return torch.cat((index, coordinates.to(features)), dim=1)
+        ]) if boxes else features.new_zeros((0, 1), dtype=dtype)
+        coordinates = (torch.cat(list(boxes)) if boxes
+                       else features.new_zeros((0, 4), dtype=dtype))
+        return torch.cat((index, coordinates.to(device=features.device, dtype=dtype)), dim=1)
     if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
         raise ValueError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
-    return boxes.to(features)
+    return boxes.to(device=features.device, dtype=dtype)
+
+
+def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,
+                 legacy_min_size: bool) -> tuple[Tensor, Tensor]:
+    """(x, y) start and extent (K, 2) of each RoI in feature pixels: scaled, shifted by -0.5 if
+    ``aligned``; with ``legacy_min_size`` (unaligned RoIAlign) extents are at least 1 pixel."""
+    offset = 0.5 if aligned else 0.0
+    start = rois[:, 1:3] * spatial_scale - offset
+    extent = rois[:, 3:5] * spatial_scale - offset - start
+    if legacy_min_size and not aligned:
+        extent = extent.clamp(min=1.0)
+    return start, extent
 
 
 class BilinearSamples(AxisWeights):
@@ -193,19 +210,27 @@ def roi_align(
     rois = as_rois(boxes, input).detach()
     if rois.shape[0] == 0:
         return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
-    offset = 0.5 if aligned else 0.0
-    start = rois[:, 1:3] * spatial_scale - offset
-    extent = rois[:, 3:5] * spatial_scale - offset - start
-    if not aligned:
-        extent = extent.clamp(min=1.0)
-    per_sample = mode == "max"
-    height, width = input.shape[-2:]
-    axis_y = BilinearSamples(start[:, 1], extent[:, 1], pooled_h, sampling_ratio, height,
-                             per_sample)
-    axis_x = BilinearSamples(start[:, 0], extent[:, 0], pooled_w, sampling_ratio, width,
-                             per_sample)
-    reduce = _bin_maximum(axis_y, axis_x) if per_sample else None
-    return pool_separable(input, rois[:, 0].long(), axis_y, axis_x, reduce)
+    backend = choose_backend(f"roi_align_{mode}", input)
+    if backend is Backend.TORCHVISION:
+        if mode != "avg":
+            raise ValueError(f"roi_align: torchvision has no mode={mode!r}")
+        # As torchvision's own autocast wrapper: low-precision features are pooled in float32.
+        dtype = compute_dtype(input)
+        return torchvision_roi_align(input.to(dtype), rois, (pooled_h, pooled_w), spatial_scale,
+                                     sampling_ratio, aligned).to(input.dtype)
+    start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=True)
+    with full_precision(input):
+        if backend is Backend.TRITON:
+            return triton_ops().roi_align_triton(input, rois, (pooled_h, pooled_w), start,
+                                                 extent, sampling_ratio, mode)
+        height, width = input.shape[-2:]
+        per_sample = mode == "max"
+        axis_y = BilinearSamples(start[:, 1], extent[:, 1], pooled_h, sampling_ratio, height,
+                                 per_sample)
+        axis_x = BilinearSamples(start[:, 0], extent[:, 0], pooled_w, sampling_ratio, width,
+                                 per_sample)
+        reduce = _bin_maximum(axis_y, axis_x) if per_sample else None
+        return pool_separable(input, rois[:, 0].long(), axis_y, axis_x, reduce)
 
 
 class ROIAlign(nn.Module):

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from .backends import Backend, choose_backend, full_precision, triton_ops
 from .roi_align import as_rois
 from .separable import AxisWeights, hat, pool_separable, window_pixels
 
@@ -65,9 +66,17 @@ def roi_warp(
     scaled = rois[:, 1:] * spatial_scale
     start_y, length_y = _quantise(scaled[:, 1], scaled[:, 3], height)
     start_x, length_x = _quantise(scaled[:, 0], scaled[:, 2], width)
-    axis_y = ResizedCrop(start_y, length_y, pooled_h, input.dtype)
-    axis_x = ResizedCrop(start_x, length_x, pooled_w, input.dtype)
-    return pool_separable(input, rois[:, 0].long(), axis_y, axis_x)
+    backend = choose_backend("roi_warp", input)
+    with full_precision(input):
+        if backend is Backend.TRITON:
+            return triton_ops().roi_warp_triton(input, rois, (pooled_h, pooled_w),
+                                                torch.stack((start_x, start_y), 1),
+                                                torch.stack((length_x, length_y), 1))
+        if backend is not Backend.SEPARABLE:
+            raise ValueError(f"roi_warp has no {backend.value} implementation")
+        axis_y = ResizedCrop(start_y, length_y, pooled_h, rois.dtype)
+        axis_x = ResizedCrop(start_x, length_x, pooled_w, rois.dtype)
+        return pool_separable(input, rois[:, 0].long(), axis_y, axis_x)
 
 
 class ROIWarp(nn.Module):

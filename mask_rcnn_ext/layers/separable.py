@@ -11,6 +11,11 @@ gathers the windows (channels-last, so each pixel is one contiguous row of C val
 them with two batched matrix products, which are vectorised and multi-threaded on CPU and GPU
 alike. RoIs are processed in chunks of similar window size, so padding and memory stay bounded.
 The whole computation is differentiable by autograd, including with respect to the weights.
+
+Precision: the weights' dtype (float32, or float64) is the arithmetic's; float16/bfloat16 features
+are read as they are, each chunk's windows converted, and the output and the feature gradient
+have the features' dtype. The backward adds every chunk's window gradients in a fixed order
+(``index_add_`` on CPU), so it is deterministic.
 """
 
 from __future__ import annotations
@@ -120,18 +125,25 @@ class _WindowContraction(torch.autograd.Function):
         outputs = []
         for index, weights_y, weights_x in zip(chunks[0::3], chunks[1::3], chunks[2::3],
                                                 strict=True):
-            along_y = _contract_y(gather(index), weights_y)
+            along_y = _contract_y(gather(index).to(weights_y.dtype), weights_y)
             outputs.append(torch.matmul(weights_x[:, None], along_y))
         ctx.save_for_backward(features, *chunks)
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        features = ctx.saved_tensors[0]
+        with torch.autocast(features.device.type, enabled=False):
+            return _WindowContraction._backward(ctx, *grad_outputs)
+
+    @staticmethod
+    def _backward(ctx, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
         features, *chunks = ctx.saved_tensors
         channels = features.shape[1]
+        dtype = chunks[1].dtype
         grad_table = None
         if ctx.needs_input_grad[0]:
-            grad_table = features.new_zeros(features.numel() // channels, channels)
+            grad_table = features.new_zeros(features.numel() // channels, channels, dtype=dtype)
         table = None
         grad_chunks: list[Tensor | None] = []
         for position, grad_values in enumerate(grad_outputs):
@@ -141,7 +153,7 @@ class _WindowContraction(torch.autograd.Function):
             # (G, R, S, C) -> (G, R, Lx, C): undo the x contraction. The small transposed weights
             # are made contiguous: CPU batched products are several times slower on strided ones.
             weights_x_t = weights_x.transpose(1, 2).contiguous()
-            grad_along_y = torch.matmul(weights_x_t[:, None], grad_values)
+            grad_along_y = torch.matmul(weights_x_t[:, None], grad_values.to(dtype))
             grad_along_y = grad_along_y.view(num, -1, length_x * channels)
             if grad_table is not None:
                 grad_windows = torch.bmm(weights_y.transpose(1, 2).contiguous(), grad_along_y)
@@ -149,14 +161,16 @@ class _WindowContraction(torch.autograd.Function):
             grad_y = grad_x = None
             if need_y or need_x:
                 table = _pixel_table(features) if table is None else table
-                windows = _gather(table, index)
+                windows = _gather(table, index).to(dtype)
             if need_y:
                 grad_y = torch.bmm(grad_along_y, windows.view(num, length_y, -1).transpose(1, 2))
             if need_x:
                 along_y = _contract_y(windows, weights_y)
-                grad_x = torch.einsum("grsc,grxc->gsx", grad_values, along_y)
+                grad_x = torch.einsum("grsc,grxc->gsx", grad_values.to(dtype), along_y)
             grad_chunks += [None, grad_y, grad_x]
-        grad_features = None if grad_table is None else _channels_first(grad_table, features.shape)
+        grad_features = None
+        if grad_table is not None:
+            grad_features = _channels_first(grad_table, features.shape).to(features.dtype)
         return (grad_features, *grad_chunks)
 
 
@@ -220,18 +234,11 @@ def pool_separable(
             over each bin's samples).
 
     Returns:
-        (K, C, P, Q) with (P, Q) = (R, S) when ``reduce`` is None.
+        (K, C, P, Q) with (P, Q) = (R, S) when ``reduce`` is None, in the features' dtype.
     """
     _, channels, height, width = features.shape
     if batch_index.shape[0] == 0:
         raise ValueError("pool_separable needs at least one RoI")
-    if torch.jit.is_tracing():
-        raise RuntimeError(
-            "mask_rcnn_ext's RoI poolers cannot be traced (nor exported to TorchScript or ONNX): "
-            "how they split the work depends on the box values, which a trace would freeze. "
-            "For export, build the model with Detectron2's poolers (POOLER_TYPE ROIAlignV2 or "
-            "ROIAlign and Detectron2's own ROI heads)."
-        )
     order, chunk_tensors = [], []
     for rows, length_y, length_x in _chunks(axis_y, axis_x, channels):
         offsets_y = torch.arange(length_y, device=features.device)
@@ -252,7 +259,8 @@ def pool_separable(
         if reduce is not None:
             chunk_values = reduce(chunk_values, rows)
         if pooled is None:
-            pooled = features.new_empty((batch_index.shape[0], channels, *chunk_values.shape[1:3]))
+            pooled = chunk_values.new_empty((batch_index.shape[0], channels,
+                                             *chunk_values.shape[1:3]))
         # Every RoI is in exactly one chunk: each chunk is written once, in the final layout.
         pooled.index_put_((rows,), chunk_values.permute(0, 3, 1, 2))
-    return pooled
+    return pooled.to(features.dtype)

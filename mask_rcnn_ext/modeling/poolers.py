@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from mask_rcnn_ext import layers
+from mask_rcnn_ext.layers.backends import compute_dtype
 
 __all__ = ["POOLER_REGISTRY", "ROIPooler"]
 
@@ -69,7 +70,7 @@ def ROIWarp(output_size, spatial_scale, sampling_ratio):
 
 @POOLER_REGISTRY.register()
 def ROIPool(output_size, spatial_scale, sampling_ratio):
-    """torchvision's RoIPool: quantised bins, max pooling (paper Table 2c)."""
+    """RoIPool (torchvision's kernel): quantised bins, max pooling (paper Table 2c)."""
     return layers.ROIPool(output_size, spatial_scale)
 
 
@@ -123,8 +124,9 @@ class ROIPooler(nn.Module):
         channels = x[0].shape[1]
         if not box_lists:
             return x[0].new_zeros((0, channels, *self.output_size))
-        # Detectron2's Boxes are float32; some ops (torchvision's) require the features' dtype.
-        rois = convert_boxes_to_pooler_format(box_lists).to(x[0].dtype)
+        # Boxes stay float32 (float64 for float64 features) whatever the features' dtype: in
+        # float16/bfloat16 they would move by whole pixels. Every registered op accepts them.
+        rois = convert_boxes_to_pooler_format(box_lists).to(compute_dtype(x[0]))
         if len(self.level_poolers) == 1:
             return self.level_poolers[0](x[0], rois)
         levels = assign_boxes_to_levels(box_lists, self.min_level, self.max_level,

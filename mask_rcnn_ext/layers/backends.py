@@ -1,0 +1,115 @@
+"""Which implementation computes each RoI pooling op: the one place that decides.
+
+The op's name (``roi_align`` avg or max, ``precise_roi_pool``, ``roi_warp``) says *what* is
+computed; every implementation computes the same numbers (tested against the same references).
+This table says *which* one runs, by device and mode:
+
+================  ===========  ============  ====================  ===========================
+computation       CPU          CUDA          CUDA, deterministic   traced / scripted (export)
+================  ===========  ============  ====================  ===========================
+roi_align avg     separable    torchvision   triton (fixed point)  torchvision
+roi_align max     separable    triton        triton (fixed point)  not yet (refused, clearly)
+precise_roi_pool  separable    triton [1]    triton (fixed point)  not yet (refused, clearly)
+roi_warp          separable    triton        triton (fixed point)  not yet (refused, clearly)
+================  ===========  ============  ====================  ===========================
+
+Other devices (MPS, XPU, ...) run the separable op, which is plain PyTorch. [1] When the boxes
+need a gradient (IoU-Net's box refinement), the separable op runs: the kernel's gradient is with
+respect to the features only.
+
+Why:
+
+- CPU, separable (:mod:`.separable`, batched matrix products): measured faster than torchvision's
+  single-threaded kernel, forward+backward 0.25x (box head) and 0.42x (mask head) on 2 cores
+  (``python -m benchmarks.roi_align``, README); max aggregation and precise pooling have no other
+  CPU implementation anywhere. Deterministic as it is (no atomics), so no other choice is needed.
+- CUDA, average: torchvision's fused kernel, the one stock Detectron2 runs, so average RoIAlign
+  can never be slower than stock's. Our Triton kernel for it is used only where torchvision's
+  falls back to a slow pure-PyTorch path: deterministic mode (its backward uses float atomics).
+  Low-precision features are pooled as torchvision's autocast does: upcast to float32, so that
+  box coordinates stay float32.
+- CUDA, max / precise / warp: our Triton kernels (:mod:`.triton_roi_pool`); the separable op
+  would also run, but synchronises with the host several times per call to size its chunks.
+  No GPU figures have been measured for them yet (``make bench-gpu``).
+- Tracing: torchvision's op traces and exports to ONNX (``RoiAlign``, opset >= 16 for
+  ``aligned``); the others split their work by box values, which a trace would freeze.
+
+:func:`forced` overrides the choice (benchmarks compare implementations with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import importlib
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+__all__ = ["Backend", "COMPUTATIONS", "choose_backend", "forced", "compute_dtype",
+           "full_precision", "triton_ops"]
+
+
+class Backend(str, enum.Enum):
+    SEPARABLE = "separable"
+    TORCHVISION = "torchvision"
+    TRITON = "triton"
+
+
+COMPUTATIONS = ("roi_align_avg", "roi_align_max", "precise_roi_pool", "roi_warp")
+_TRACEABLE = {"roi_align_avg": Backend.TORCHVISION}
+_forced: Backend | None = None
+
+
+def compute_dtype(features: Tensor) -> torch.dtype:
+    """The dtype of box coordinates and interpolation weights: float32, or float64 for float64
+    features (never float16/bfloat16, whose rounding would move boxes by whole pixels)."""
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def full_precision(features: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off for the op's own arithmetic (it picks its dtypes itself, see
+    :func:`compute_dtype`); the output has the features' dtype, as torchvision's ops under
+    autocast."""
+    return torch.autocast(features.device.type, enabled=False)
+
+
+def triton_ops() -> ModuleType:
+    """:mod:`.triton_roi_pool`, imported on first use (it imports Triton)."""
+    return importlib.import_module(f"{__package__}.triton_roi_pool")
+
+
+def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool = False
+                   ) -> Backend:
+    """The implementation of ``computation`` (one of :data:`COMPUTATIONS`) for ``features``."""
+    if computation not in COMPUTATIONS:
+        raise ValueError(f"unknown RoI pooling computation {computation!r}; one of {COMPUTATIONS}")
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        if computation not in _TRACEABLE:
+            raise RuntimeError(
+                f"mask_rcnn_ext's {computation} cannot be traced, scripted or exported to ONNX "
+                "yet: its implementations split the work by box values, which a trace would "
+                "freeze. Average RoIAlign (POOLER_TYPE ROIAlignV2 or ROIAlign) exports.")
+        return _TRACEABLE[computation]
+    if _forced is not None:
+        return _forced
+    if features.device.type != "cuda":
+        return Backend.SEPARABLE
+    if computation == "roi_align_avg" and not torch.are_deterministic_algorithms_enabled():
+        return Backend.TORCHVISION
+    if boxes_need_grad:
+        return Backend.SEPARABLE
+    return Backend.TRITON
+
+
+@contextlib.contextmanager
+def forced(backend: Backend | str) -> Iterator[None]:
+    """Within the block, every RoI op runs ``backend`` (if it cannot, it raises)."""
+    global _forced
+    previous, _forced = _forced, Backend(backend)
+    try:
+        yield
+    finally:
+        _forced = previous

@@ -1,0 +1,410 @@
+"""GPU kernels (Triton) for RoIAlign (average and max), RoIWarp and precise RoI pooling.
+
+They compute exactly what the CPU ops in this package compute (same conventions, see
+:mod:`.roi_align`, :mod:`.roi_warp`, :mod:`.precise_roi_pool`), one program per RoI and block of
+(channel, bin) outputs, like torchvision's and mmcv's CUDA kernels:
+
+- RoIAlign and RoIWarp evaluate each bin's bilinear samples directly (average or maximum).
+  RoIWarp is RoIAlign with one sample per bin on the quantised crop, clamped onto it.
+- Precise pooling sums, per bin, every pixel it touches times the closed-form integral of that
+  pixel's interpolation kernel over the bin (no samples).
+
+Precision: box coordinates, sample positions and interpolation weights are float32 (float64 for
+float64 features), whatever the features' dtype; float16/bfloat16 features are read as they are
+and accumulated in float32, and the output has the features' dtype (as torchvision's ops under
+autocast). Gradients flow to the features only.
+
+Backward: each sample's gradient is added into the feature gradient with atomic adds, as
+torchvision's CUDA kernel does, so the order of additions, and the last bits of the result, vary
+from run to run. With ``torch.use_deterministic_algorithms(True)`` the contributions are instead
+added as 64-bit integers in fixed point (each rounded once, before the sum): integer addition is
+associative, so the result is bit-identical in every run, whatever the order. The scale is a power
+of two chosen from the sum of |grad_output| (which bounds every partial sum, because each output's
+weights add up to at most 1), so no sum overflows; a float32 contribution is represented exactly
+unless it is below 2^-62 of that sum. The cost: a float64 multiply per contribution, 64-bit
+instead of 32-bit atomics, and an int64 buffer the size of the features.
+
+This module imports Triton; :mod:`.backends` imports it only when a CUDA tensor needs it. Under
+``TRITON_INTERPRET=1`` (set before import) the kernels run on CPU tensors, which is how CI tests
+them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["roi_align_triton", "roi_warp_triton", "precise_roi_pool_triton"]
+
+_BLOCK = 256
+_AVG, _MAX = 0, 1
+# Fixed-point headroom: the sum of |contributions| stays below 2**_FIXED_POINT_BITS < 2**63.
+_FIXED_POINT_BITS = 62
+
+
+@triton.jit
+def _corners(y, x, height, width):
+    """RoIAlign's bilinear sample at (y, x): whether it reads the map, its four neighbours and the
+    fractional parts (torchvision's rules: 0 beyond one pixel outside, clamped within it)."""
+    valid = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
+    y = tl.minimum(tl.maximum(y, 0.0), height)
+    x = tl.minimum(tl.maximum(x, 0.0), width)
+    y_low = tl.floor(y).to(tl.int32)
+    x_low = tl.floor(x).to(tl.int32)
+    y_edge = y_low >= height - 1
+    x_edge = x_low >= width - 1
+    y_low = tl.where(y_edge, height - 1, y_low)
+    x_low = tl.where(x_edge, width - 1, x_low)
+    y_high = tl.where(y_edge, height - 1, y_low + 1)
+    x_high = tl.where(x_edge, width - 1, x_low + 1)
+    ly = tl.where(y_edge, 0.0, y - y_low)
+    lx = tl.where(x_edge, 0.0, x - x_low)
+    return valid, y_low, y_high, x_low, x_high, ly, lx
+
+
+@triton.jit
+def _accumulate(grad_ptr, offsets, value, mask, scale, DETERMINISTIC: tl.constexpr):
+    """grad[offsets] += value: float atomics, or int64 fixed point when deterministic."""
+    if DETERMINISTIC:
+        fixed = tl.floor(value.to(tl.float64) * scale + 0.5).to(tl.int64)
+        tl.atomic_add(grad_ptr + offsets, fixed, mask=mask)
+    else:
+        tl.atomic_add(grad_ptr + offsets, value, mask=mask)
+
+
+@triton.jit
+def _sample_position(start, bin_size, bins, sample, grid, low, high):
+    # The reference kernels' arithmetic order: start + p * bin + (s + .5) * bin / grid.
+    position = start + bins * bin_size + (sample + 0.5) * bin_size / grid
+    return tl.minimum(tl.maximum(position, low), high)
+
+
+@triton.jit
+def _bilinear_forward(features_ptr, geometry_ptr, counts_ptr, output_ptr, argmax_ptr,
+                      channels, height, width, pooled_h, pooled_w,
+                      MODE: tl.constexpr, BLOCK: tl.constexpr):
+    roi = tl.program_id(0)
+    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    per_roi = channels * pooled_h * pooled_w
+    in_range = offsets < per_roi
+    channel = offsets // (pooled_h * pooled_w)
+    bin_y = (offsets // pooled_w) % pooled_h
+    bin_x = offsets % pooled_w
+    compute = geometry_ptr.dtype.element_ty
+    start_y = tl.load(geometry_ptr + roi * 8)
+    start_x = tl.load(geometry_ptr + roi * 8 + 1)
+    bin_h = tl.load(geometry_ptr + roi * 8 + 2)
+    bin_w = tl.load(geometry_ptr + roi * 8 + 3)
+    low_y = tl.load(geometry_ptr + roi * 8 + 4)
+    high_y = tl.load(geometry_ptr + roi * 8 + 5)
+    low_x = tl.load(geometry_ptr + roi * 8 + 6)
+    high_x = tl.load(geometry_ptr + roi * 8 + 7)
+    image = tl.load(counts_ptr + roi * 3)
+    grid_h = tl.load(counts_ptr + roi * 3 + 1)
+    grid_w = tl.load(counts_ptr + roi * 3 + 2)
+    plane = features_ptr + (image * channels + channel).to(tl.int64) * height * width
+    if MODE == 0:
+        result = tl.full((BLOCK,), 0.0, dtype=compute)
+    else:
+        result = tl.full((BLOCK,), float("-inf"), dtype=compute)
+    winner = tl.full((BLOCK,), -1, dtype=tl.int32)
+    for sample_y in range(grid_h):
+        y = _sample_position(start_y, bin_h, bin_y, sample_y, grid_h, low_y, high_y)
+        for sample_x in range(grid_w):
+            x = _sample_position(start_x, bin_w, bin_x, sample_x, grid_w, low_x, high_x)
+            valid, y_low, y_high, x_low, x_high, ly, lx = _corners(y, x, height, width)
+            mask = in_range & valid
+            v1 = tl.load(plane + y_low * width + x_low, mask=mask, other=0.0).to(compute)
+            v2 = tl.load(plane + y_low * width + x_high, mask=mask, other=0.0).to(compute)
+            v3 = tl.load(plane + y_high * width + x_low, mask=mask, other=0.0).to(compute)
+            v4 = tl.load(plane + y_high * width + x_high, mask=mask, other=0.0).to(compute)
+            hy = 1.0 - ly
+            hx = 1.0 - lx
+            value = hy * hx * v1 + hy * lx * v2 + ly * hx * v3 + ly * lx * v4
+            value = tl.where(valid, value, 0.0)
+            if MODE == 0:
+                result += value
+            else:
+                better = value > result
+                result = tl.where(better, value, result)
+                winner = tl.where(better, sample_y * grid_w + sample_x, winner)
+    if MODE == 0:
+        result = result / tl.maximum(grid_h * grid_w, 1).to(compute)
+    else:
+        result = tl.where(winner >= 0, result, 0.0)
+        tl.store(argmax_ptr + roi * per_roi + offsets, winner, mask=in_range)
+    tl.store(output_ptr + roi * per_roi + offsets,
+             result.to(output_ptr.dtype.element_ty), mask=in_range)
+
+
+@triton.jit
+def _bilinear_backward(grad_output_ptr, geometry_ptr, counts_ptr, argmax_ptr, grad_ptr, scale_ptr,
+                       channels, height, width, pooled_h, pooled_w,
+                       MODE: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK: tl.constexpr):
+    roi = tl.program_id(0)
+    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    per_roi = channels * pooled_h * pooled_w
+    in_range = offsets < per_roi
+    channel = offsets // (pooled_h * pooled_w)
+    bin_y = (offsets // pooled_w) % pooled_h
+    bin_x = offsets % pooled_w
+    compute = geometry_ptr.dtype.element_ty
+    start_y = tl.load(geometry_ptr + roi * 8)
+    start_x = tl.load(geometry_ptr + roi * 8 + 1)
+    bin_h = tl.load(geometry_ptr + roi * 8 + 2)
+    bin_w = tl.load(geometry_ptr + roi * 8 + 3)
+    low_y = tl.load(geometry_ptr + roi * 8 + 4)
+    high_y = tl.load(geometry_ptr + roi * 8 + 5)
+    low_x = tl.load(geometry_ptr + roi * 8 + 6)
+    high_x = tl.load(geometry_ptr + roi * 8 + 7)
+    image = tl.load(counts_ptr + roi * 3)
+    grid_h = tl.load(counts_ptr + roi * 3 + 1)
+    grid_w = tl.load(counts_ptr + roi * 3 + 2)
+    scale = tl.load(scale_ptr)
+    plane = (image * channels + channel).to(tl.int64) * height * width
+    grad = tl.load(grad_output_ptr + roi * per_roi + offsets, mask=in_range, other=0.0)
+    grad = grad.to(compute)
+    if MODE == 0:
+        grad = grad / tl.maximum(grid_h * grid_w, 1).to(compute)
+        samples_y = grid_h
+        samples_x = grid_w
+    else:
+        winner = tl.load(argmax_ptr + roi * per_roi + offsets, mask=in_range, other=-1)
+        in_range = in_range & (winner >= 0)
+        samples_y = 1
+        samples_x = 1
+    for step_y in range(samples_y):
+        for step_x in range(samples_x):
+            if MODE == 0:
+                sample_y = step_y
+                sample_x = step_x
+            else:
+                sample_y = tl.maximum(winner, 0) // tl.maximum(grid_w, 1)
+                sample_x = tl.maximum(winner, 0) % tl.maximum(grid_w, 1)
+            y = _sample_position(start_y, bin_h, bin_y, sample_y, grid_h, low_y, high_y)
+            x = _sample_position(start_x, bin_w, bin_x, sample_x, grid_w, low_x, high_x)
+            valid, y_low, y_high, x_low, x_high, ly, lx = _corners(y, x, height, width)
+            mask = in_range & valid
+            hy = 1.0 - ly
+            hx = 1.0 - lx
+            _accumulate(grad_ptr, plane + y_low * width + x_low, grad * hy * hx, mask, scale,
+                        DETERMINISTIC)
+            _accumulate(grad_ptr, plane + y_low * width + x_high, grad * hy * lx, mask, scale,
+                        DETERMINISTIC)
+            _accumulate(grad_ptr, plane + y_high * width + x_low, grad * ly * hx, mask, scale,
+                        DETERMINISTIC)
+            _accumulate(grad_ptr, plane + y_high * width + x_high, grad * ly * lx, mask, scale,
+                        DETERMINISTIC)
+
+
+@triton.jit
+def _hat_integral(t):
+    """The antiderivative of max(0, 1 - |s|), from -inf to t."""
+    t = tl.minimum(tl.maximum(t, -1.0), 1.0)
+    return tl.where(t < 0, (t + 1.0) * (t + 1.0) * 0.5, 1.0 - (1.0 - t) * (1.0 - t) * 0.5)
+
+
+@triton.jit
+def _precise_pool(features_ptr, grad_output_ptr, geometry_ptr, counts_ptr, output_ptr, grad_ptr,
+                  scale_ptr, channels, height, width, pooled_h, pooled_w,
+                  BACKWARD: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK: tl.constexpr):
+    """Forward (output = bin means) or backward (grad += grad_output x the same weights)."""
+    roi = tl.program_id(0)
+    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    per_roi = channels * pooled_h * pooled_w
+    in_range = offsets < per_roi
+    channel = offsets // (pooled_h * pooled_w)
+    bin_y = (offsets // pooled_w) % pooled_h
+    bin_x = offsets % pooled_w
+    compute = geometry_ptr.dtype.element_ty
+    start_y = tl.load(geometry_ptr + roi * 4)
+    start_x = tl.load(geometry_ptr + roi * 4 + 1)
+    bin_h = tl.load(geometry_ptr + roi * 4 + 2)
+    bin_w = tl.load(geometry_ptr + roi * 4 + 3)
+    image = tl.load(counts_ptr + roi * 3)
+    rows = tl.load(counts_ptr + roi * 3 + 1)
+    columns = tl.load(counts_ptr + roi * 3 + 2)
+    plane = (image * channels + channel).to(tl.int64) * height * width
+    top = start_y + bin_y * bin_h
+    bottom = top + bin_h
+    left = start_x + bin_x * bin_w
+    right = left + bin_w
+    # Bins of zero area give 0 (as the paper's implementation).
+    area = bin_h * bin_w
+    per_area = tl.where(area > 0, 1.0 / tl.where(area > 0, area, 1.0), 0.0)
+    first_row = tl.floor(top).to(tl.int32)
+    first_column = tl.floor(left).to(tl.int32)
+    if BACKWARD:
+        scale = tl.load(scale_ptr)
+        grad = tl.load(grad_output_ptr + roi * per_roi + offsets, mask=in_range, other=0.0)
+        grad = grad.to(compute) * per_area
+    else:
+        total = tl.full((BLOCK,), 0.0, dtype=compute)
+    for row_step in range(rows):
+        row = first_row + row_step
+        weight_y = _hat_integral(bottom - row) - _hat_integral(top - row)
+        row_ok = in_range & (row >= 0) & (row < height)
+        for column_step in range(columns):
+            column = first_column + column_step
+            weight_x = _hat_integral(right - column) - _hat_integral(left - column)
+            mask = row_ok & (column >= 0) & (column < width)
+            pixel = plane + row * width + column
+            if BACKWARD:
+                _accumulate(grad_ptr, pixel, grad * weight_y * weight_x, mask, scale,
+                            DETERMINISTIC)
+            else:
+                value = tl.load(features_ptr + pixel, mask=mask, other=0.0).to(compute)
+                total += value * weight_y * weight_x
+    if not BACKWARD:
+        tl.store(output_ptr + roi * per_roi + offsets,
+                 (total * per_area).to(output_ptr.dtype.element_ty), mask=in_range)
+
+
+def _compute_dtype(features: Tensor) -> torch.dtype:
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def _launch_grid(num_rois: int, per_roi: int) -> tuple[int, int]:
+    return (num_rois, triton.cdiv(per_roi, _BLOCK))
+
+
+class _GradientBuffer:
+    """Where the backward kernels add feature gradients: float (atomic) or int64 fixed point."""
+
+    def __init__(self, grad_output: Tensor, shape: torch.Size, compute: torch.dtype):
+        self.compute = compute
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.deterministic:
+            bound = grad_output.detach().abs().sum(dtype=torch.float64)
+            _, exponent = torch.frexp(bound)  # bound < 2**exponent
+            shift = (_FIXED_POINT_BITS - exponent).clamp(max=1000).to(torch.float64)
+            self.bound = bound
+            self.scale = torch.pow(2.0, shift).reshape(1)
+            self.buffer = torch.zeros(shape, dtype=torch.int64, device=grad_output.device)
+        else:
+            self.scale = torch.ones(1, dtype=torch.float64, device=grad_output.device)
+            self.buffer = torch.zeros(shape, dtype=compute, device=grad_output.device)
+
+    def result(self, dtype: torch.dtype) -> Tensor:
+        if not self.deterministic:
+            return self.buffer.to(dtype)
+        grad = self.buffer.to(torch.float64) / self.scale
+        # Non-finite gradients have no fixed-point form: they make the whole gradient NaN.
+        grad = torch.where(self.bound.isfinite(), grad, math.nan)
+        return grad.to(dtype)
+
+
+class _BilinearPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: Tensor, geometry: Tensor, counts: Tensor, pooled: tuple[int, int],
+                mode: int) -> Tensor:
+        features = features.contiguous()
+        _, channels, height, width = features.shape
+        output = features.new_empty((geometry.shape[0], channels, *pooled))
+        argmax = (torch.empty(output.shape, dtype=torch.int32, device=features.device)
+                  if mode == _MAX else output)
+        if output.numel():
+            _bilinear_forward[_launch_grid(geometry.shape[0], output[0].numel())](
+                features, geometry, counts, output, argmax, channels, height, width, *pooled,
+                MODE=mode, BLOCK=_BLOCK)
+        ctx.save_for_backward(geometry, counts, argmax if mode == _MAX else None)
+        ctx.shape, ctx.dtype, ctx.pooled, ctx.mode = features.shape, features.dtype, pooled, mode
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        geometry, counts, argmax = ctx.saved_tensors
+        grad_output = grad_output.contiguous()
+        _, channels, height, width = ctx.shape
+        gradient = _GradientBuffer(grad_output, ctx.shape, geometry.dtype)
+        if grad_output.numel():
+            _bilinear_backward[_launch_grid(geometry.shape[0], grad_output[0].numel())](
+                grad_output, geometry, counts, argmax if argmax is not None else grad_output,
+                gradient.buffer, gradient.scale, channels, height, width, *ctx.pooled,
+                MODE=ctx.mode, DETERMINISTIC=gradient.deterministic, BLOCK=_BLOCK)
+        return gradient.result(ctx.dtype), None, None, None, None
+
+
+class _PrecisePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: Tensor, geometry: Tensor, counts: Tensor,
+                pooled: tuple[int, int]) -> Tensor:
+        features = features.contiguous()
+        _, channels, height, width = features.shape
+        output = features.new_empty((geometry.shape[0], channels, *pooled))
+        if output.numel():
+            _precise_pool[_launch_grid(geometry.shape[0], output[0].numel())](
+                features, output, geometry, counts, output, output, geometry, channels, height,
+                width, *pooled, BACKWARD=False, DETERMINISTIC=False, BLOCK=_BLOCK)
+        ctx.save_for_backward(geometry, counts)
+        ctx.shape, ctx.dtype, ctx.pooled = features.shape, features.dtype, pooled
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        geometry, counts = ctx.saved_tensors
+        grad_output = grad_output.contiguous()
+        _, channels, height, width = ctx.shape
+        gradient = _GradientBuffer(grad_output, ctx.shape, geometry.dtype)
+        if grad_output.numel():
+            _precise_pool[_launch_grid(geometry.shape[0], grad_output[0].numel())](
+                grad_output, grad_output, geometry, counts, grad_output, gradient.buffer,
+                gradient.scale, channels, height, width, *ctx.pooled, BACKWARD=True,
+                DETERMINISTIC=gradient.deterministic, BLOCK=_BLOCK)
+        return gradient.result(ctx.dtype), None, None, None
+
+
+def _counts(rois: Tensor, first: Tensor, second: Tensor) -> Tensor:
+    """(K, 3) int32: image index and two per-RoI loop counts."""
+    return torch.stack((rois[:, 0].long(), first.long(), second.long()), 1).to(torch.int32)
+
+
+def roi_align_triton(features: Tensor, rois: Tensor, output_size: tuple[int, int],
+                     start: Tensor, extent: Tensor, sampling_ratio: int, mode: str) -> Tensor:
+    """RoIAlign of ``rois`` (K, 5) whose (x, y) ``start`` and ``extent`` (K, 2) are already in
+    feature pixels (see :func:`.roi_align.roi_align`)."""
+    pooled_h, pooled_w = output_size
+    bins = extent / extent.new_tensor([pooled_w, pooled_h])
+    if sampling_ratio > 0:
+        grid = torch.full_like(bins, sampling_ratio, dtype=torch.int64)
+    else:
+        grid = torch.ceil(bins).long()
+    unbounded = torch.full_like(bins, math.inf)
+    geometry = torch.stack((start[:, 1], start[:, 0], bins[:, 1], bins[:, 0],
+                            -unbounded[:, 1], unbounded[:, 1], -unbounded[:, 0], unbounded[:, 0]),
+                           1)
+    counts = _counts(rois, grid[:, 1], grid[:, 0])
+    return _BilinearPool.apply(features, geometry.contiguous(), counts, (pooled_h, pooled_w),
+                               _MAX if mode == "max" else _AVG)
+
+
+def roi_warp_triton(features: Tensor, rois: Tensor, output_size: tuple[int, int], start: Tensor,
+                    length: Tensor) -> Tensor:
+    """RoIWarp of the quantised crops ``start`` .. ``start + length - 1`` ((K, 2) int64, (x, y)):
+    one sample per bin at (q + 0.5) * length / Q - 0.5 in the crop, clamped onto it."""
+    pooled_h, pooled_w = output_size
+    dtype = _compute_dtype(features)
+    start, length = start.to(dtype), length.to(dtype)
+    bins = length / length.new_tensor([pooled_w, pooled_h])
+    last = start + length - 1
+    geometry = torch.stack((start[:, 1] - 0.5, start[:, 0] - 0.5, bins[:, 1], bins[:, 0],
+                            start[:, 1], last[:, 1], start[:, 0], last[:, 0]), 1)
+    ones = torch.ones_like(rois[:, 0])
+    return _BilinearPool.apply(features, geometry.contiguous(), _counts(rois, ones, ones),
+                               (pooled_h, pooled_w), _AVG)
+
+
+def precise_roi_pool_triton(features: Tensor, rois: Tensor, output_size: tuple[int, int],
+                            start: Tensor, extent: Tensor) -> Tensor:
+    """Precise RoI pooling with (x, y) ``start`` and ``extent`` (K, 2) in feature pixels."""
+    pooled_h, pooled_w = output_size
+    bins = extent / extent.new_tensor([pooled_w, pooled_h])
+    # A bin [a, a + b] touches pixels floor(a) .. ceil(a + b): at most floor(b) + 3 of them.
+    reach = torch.floor(bins.clamp(min=0)).long() + 3
+    geometry = torch.stack((start[:, 1], start[:, 0], bins[:, 1], bins[:, 0]), 1)
+    return _PrecisePool.apply(features, geometry.detach().contiguous(),
+                              _counts(rois, reach[:, 1], reach[:, 0]), (pooled_h, pooled_w))

@@ -1,0 +1,118 @@
+"""The dispatch table, mixed precision and deterministic gradients of every pooler type (CPU)."""
+
+import types
+
+import pytest
+import torch
+from detectron2.structures import Boxes
+
+from mask_rcnn_ext.layers import Backend, choose_backend, roi_align
+from mask_rcnn_ext.layers.backends import forced
+from mask_rcnn_ext.modeling import ROIPooler
+
+TYPES = ["ROIAlign", "ROIAlignV2", "ROIAlignMax", "PreciseROIPool", "ROIWarp", "ROIPool"]
+
+
+def _on(device: str):
+    """Something with the features' device, enough for the choice (no CUDA needed)."""
+    return types.SimpleNamespace(device=torch.device(device))
+
+
+def test_choice_per_device_and_mode():
+    expected = {
+        ("cpu", False): dict.fromkeys(
+            ["roi_align_avg", "roi_align_max", "precise_roi_pool", "roi_warp"], Backend.SEPARABLE),
+        ("cuda", False): {"roi_align_avg": Backend.TORCHVISION, "roi_align_max": Backend.TRITON,
+                          "precise_roi_pool": Backend.TRITON, "roi_warp": Backend.TRITON},
+        ("cuda", True): dict.fromkeys(
+            ["roi_align_avg", "roi_align_max", "precise_roi_pool", "roi_warp"], Backend.TRITON),
+    }
+    for (device, deterministic), table in expected.items():
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            chosen = {name: choose_backend(name, _on(device)) for name in table}
+        finally:
+            torch.use_deterministic_algorithms(previous)
+        assert chosen == table, (device, deterministic)
+    # The kernel's gradient is for the features only: boxes that need one go to the separable op.
+    assert choose_backend("precise_roi_pool", _on("cuda"), boxes_need_grad=True) is \
+        Backend.SEPARABLE
+    assert choose_backend("roi_align_max", _on("mps")) is Backend.SEPARABLE
+    with forced("triton"):
+        assert choose_backend("roi_align_avg", _on("cpu")) is Backend.TRITON
+    with pytest.raises(ValueError, match="unknown RoI pooling computation 'roi_align_median'"):
+        choose_backend("roi_align_median", _on("cpu"))
+
+
+def test_forcing_torchvision_on_max_is_refused():
+    features, boxes = torch.randn(1, 2, 8, 8), torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
+    with forced("torchvision"), pytest.raises(ValueError, match="torchvision has no mode='max'"):
+        roi_align(features, boxes, 2, 1.0, 0, True, mode="max")
+
+
+def _large_image_case(dtype=torch.float32):
+    """A 1280 x 1280 image at stride 8, with boxes whose corners bfloat16 cannot represent
+    (1001 -> 1000, 903 -> 904): rounding them would move bins by up to half a feature pixel."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 4, 160, 160, generator=generator).to(dtype)
+    boxes = [Boxes(torch.tensor([[1001.0, 903.0, 1100.0, 1010.0], [13.0, 7.0, 301.0, 97.0]])),
+             Boxes(torch.tensor([[501.0, 603.0, 777.0, 1013.0]]))]
+    return [features], boxes
+
+
+@pytest.mark.parametrize("pooler_type", TYPES)
+def test_cpu_autocast_keeps_float32(pooler_type):
+    """Under CPU bfloat16 autocast, float32 features pool in float32 (as torchvision's ops):
+    the same numbers as without autocast, where all four of our ops used to raise."""
+    features, boxes = _large_image_case()
+    pooler = ROIPooler(7, (1 / 8,), 0, pooler_type)
+    expected = pooler(features, boxes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = pooler(features, boxes)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("pooler_type", TYPES)
+def test_bfloat16_features_keep_float32_boxes(pooler_type, autocast):
+    """bfloat16 features: the output is bfloat16 and within bfloat16's rounding of the float32
+    result on the same values, forward and backward (boxes and weights stay float32)."""
+    features, boxes = _large_image_case(torch.bfloat16)
+    features = [features[0].requires_grad_(True)]
+    reference_features = [features[0].detach().float().requires_grad_(True)]
+    pooler = ROIPooler(7, (1 / 8,), 0, pooler_type)
+    reference = pooler(reference_features, boxes)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        pooled = pooler(features, boxes)
+    assert pooled.dtype == torch.bfloat16
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(pooled.float(), reference, atol=scale / 128, rtol=1 / 128)
+    grad = torch.randn(reference.shape, generator=torch.Generator().manual_seed(1))
+    (grad_ours,) = torch.autograd.grad(pooled, features, grad.bfloat16())
+    (grad_reference,) = torch.autograd.grad(reference, reference_features, grad)
+    assert grad_ours.dtype == torch.bfloat16
+    scale = grad_reference.abs().max().item()
+    torch.testing.assert_close(grad_ours.float(), grad_reference, atol=scale / 64, rtol=1 / 64)
+
+
+@pytest.mark.parametrize("pooler_type", TYPES)
+def test_deterministic_gradients_are_bit_identical(pooler_type):
+    """With deterministic algorithms on, two backward passes give the same bits (CPU)."""
+    generator = torch.Generator().manual_seed(3)
+    features = [torch.randn(2, 32, 100, 152, generator=generator).requires_grad_(True)]
+    corners = torch.rand(2, 300, 2, generator=generator) * torch.tensor([608.0, 400.0])
+    sizes = torch.exp(torch.empty(2, 300, 2).uniform_(2.0, 5.5, generator=generator))
+    boxes = [Boxes(torch.cat((c, c + s), 1)) for c, s in zip(corners, sizes, strict=True)]
+    pooler = ROIPooler(7, (1 / 4,), 0, pooler_type)
+    grad = torch.randn(600, 32, 7, 7, generator=generator)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = (torch.autograd.grad(pooler(features, boxes), features, grad)[0]
+                         for _ in range(2))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert first.abs().sum() > 0
+    assert torch.equal(first, second)

@@ -1,0 +1,240 @@
+"""The Triton (CUDA) kernels, without a GPU: run by Triton's interpreter on CPU tensors against the
+same references as the CPU ops, and compiled for real GPU targets.
+
+The interpreter is chosen when a kernel is decorated (and read again when it calls its helpers),
+so the kernels' module is loaded afresh here with ``TRITON_INTERPRET=1``, a private copy, and the
+variable is set only while a test runs one: the package's own import is left alone.
+"""
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.ops import roi_align as torchvision_roi_align
+
+import reference_ops
+from mask_rcnn_ext import layers
+from mask_rcnn_ext.layers.roi_align import as_rois, scaled_boxes
+from mask_rcnn_ext.layers.roi_warp import _quantise
+
+KERNELS = Path(layers.__file__).parent / "triton_roi_pool.py"
+OUTPUT = (3, 4)
+
+
+@pytest.fixture(scope="module")
+def _interpreted_module():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITON_INTERPRET", "1")
+        spec = importlib.util.spec_from_file_location(
+            "mask_rcnn_ext.layers._triton_roi_pool_interpreted", KERNELS)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def kernels(_interpreted_module, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return _interpreted_module
+
+
+def _features(dtype=torch.float64, seed=0):
+    return torch.randn(2, 3, 12, 15, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# Image pixels at scale 0.5 on a 12 x 15 map: ordinary, partly outside on either side, wholly
+# outside, sub-pixel, zero size, zero width, and one covering the map. Small enough that adaptive
+# sampling stays cheap in the interpreter.
+BOXES = torch.tensor([
+    [0, 4.2, 6.6, 17.9, 14.3],
+    [1, -5.0, -3.0, 7.0, 9.5],
+    [0, 24.0, 18.0, 33.0, 29.0],
+    [1, 40.0, 40.0, 50.0, 50.0],
+    [0, 10.1, 10.2, 10.6, 10.5],
+    [1, 8.0, 8.0, 8.0, 8.0],
+    [0, 3.0, 5.0, 3.0, 20.0],
+    [1, -1.0, -2.0, 31.0, 25.0],
+], dtype=torch.float64)
+
+
+def _align(kernels, features, boxes, sampling_ratio, aligned, mode):
+    rois = as_rois(boxes, features)
+    start, extent = scaled_boxes(rois, 0.5, aligned, legacy_min_size=True)
+    return kernels.roi_align_triton(features, rois, OUTPUT, start, extent, sampling_ratio, mode)
+
+
+def _precise(kernels, features, boxes, aligned):
+    rois = as_rois(boxes, features)
+    start, extent = scaled_boxes(rois, 0.5, aligned, legacy_min_size=False)
+    return kernels.precise_roi_pool_triton(features, rois, OUTPUT, start, extent)
+
+
+def _warp(kernels, features, boxes):
+    rois = as_rois(boxes, features)
+    height, width = features.shape[-2:]
+    scaled = rois[:, 1:] * 0.5
+    start_y, length_y = _quantise(scaled[:, 1], scaled[:, 3], height)
+    start_x, length_x = _quantise(scaled[:, 0], scaled[:, 2], width)
+    return kernels.roi_warp_triton(features, rois, OUTPUT, torch.stack((start_x, start_y), 1),
+                                   torch.stack((length_x, length_y), 1))
+
+
+def _gradient(output, features, seed=1):
+    grad = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed),
+                       dtype=output.dtype)
+    return torch.autograd.grad(output, features, grad)[0]
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_avg_equals_torchvision(kernels, aligned, sampling_ratio):
+    features = _features().requires_grad_(True)
+    ours = _align(kernels, features, BOXES, sampling_ratio, aligned, "avg")
+    reference = torchvision_roi_align(features, BOXES, OUTPUT, 0.5, sampling_ratio, aligned)
+    torch.testing.assert_close(ours, reference, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(_gradient(ours, features), _gradient(reference, features),
+                               atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_max_equals_per_sample_reference(kernels, aligned, sampling_ratio):
+    features = _features().requires_grad_(True)
+    ours = _align(kernels, features, BOXES, sampling_ratio, aligned, "max")
+    expected = reference_ops.roi_align_max(features.detach(), BOXES, OUTPUT, 0.5, sampling_ratio,
+                                           aligned)
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=1e-12)
+    # The CPU op's gradient (gradchecked in test_roi_align.py) is the reference for the backward.
+    cpu = layers.roi_align(features, BOXES, OUTPUT, 0.5, sampling_ratio, aligned, mode="max")
+    torch.testing.assert_close(_gradient(ours, features), _gradient(cpu, features),
+                               atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_precise_equals_numerical_integration(kernels, aligned):
+    features = _features().requires_grad_(True)
+    ours = _precise(kernels, features, BOXES, aligned)
+    expected = reference_ops.precise_pool_numerical(features.detach(), BOXES, OUTPUT, 0.5,
+                                                    aligned, steps=256)
+    # The midpoint rule's error on 256 x 256 points stays below 1e-4 for these bins.
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+    cpu = layers.precise_roi_pool(features, BOXES, OUTPUT, 0.5, aligned)
+    torch.testing.assert_close(ours, cpu, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(_gradient(ours, features), _gradient(cpu, features),
+                               atol=1e-12, rtol=1e-12)
+
+
+def test_warp_equals_crop_and_resize(kernels):
+    features = _features().requires_grad_(True)
+    ours = _warp(kernels, features, BOXES)
+    expected = reference_ops.roi_warp_by_resize(features.detach(), BOXES, OUTPUT, 0.5)
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=1e-12)
+    cpu = layers.roi_warp(features, BOXES, OUTPUT, 0.5)
+    torch.testing.assert_close(_gradient(ours, features), _gradient(cpu, features),
+                               atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_low_precision_features_compute_in_float32(kernels, dtype):
+    """Features are read in their dtype, positions and sums are float32, output in their dtype."""
+    features = _features(dtype).requires_grad_(True)
+    exact = features.detach().double()
+    for mode in ("avg", "max"):
+        ours = _align(kernels, features, BOXES, 0, True, mode)
+        assert ours.dtype == dtype
+        expected = layers.roi_align(exact, BOXES, OUTPUT, 0.5, 0, True, mode=mode)
+        tolerance = 1e-6 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(ours.double(), expected, atol=tolerance, rtol=tolerance)
+        assert _gradient(ours, features).dtype == dtype
+
+
+def _permuted_gradient(kernels, pool, features, order):
+    output = pool(kernels, features, BOXES[order])
+    grad = torch.randn((len(BOXES), *output.shape[1:]),
+                       generator=torch.Generator().manual_seed(2), dtype=output.dtype)
+    return torch.autograd.grad(output, features, grad[order])[0]
+
+
+POOLS = {
+    "avg": lambda k, f, b: _align(k, f, b, 0, True, "avg"),
+    "max": lambda k, f, b: _align(k, f, b, 0, True, "max"),
+    "precise": lambda k, f, b: _precise(k, f, b, True),
+    "warp": _warp,
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_deterministic_gradient_does_not_depend_on_the_order_of_additions(kernels, name):
+    """The deterministic backward sums in fixed point: permuting the RoIs (and so the order in
+    which their contributions are added, as GPU atomics would) gives the same bits, and the
+    values of the float backward. The float backward's bits do depend on the order."""
+    features = _features(torch.float32).requires_grad_(True)
+    orders = [torch.arange(len(BOXES)), torch.arange(len(BOXES)).flip(0),
+              torch.randperm(len(BOXES), generator=torch.Generator().manual_seed(4))]
+    pool = POOLS[name]
+    floats = [_permuted_gradient(kernels, pool, features, order) for order in orders]
+    torch.use_deterministic_algorithms(True)
+    try:
+        fixed = [_permuted_gradient(kernels, pool, features, order) for order in orders]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for first, other in itertools.pairwise(fixed):
+        assert torch.equal(first, other)
+    torch.testing.assert_close(fixed[0], floats[0], atol=1e-6, rtol=1e-6)
+    if name in ("avg", "precise"):  # enough overlapping additions for float rounding to show
+        assert not all(torch.equal(floats[0], other) for other in floats[1:])
+
+
+def test_deterministic_gradient_of_non_finite_output_gradient_is_nan(kernels):
+    features = _features(torch.float32).requires_grad_(True)
+    output = _align(kernels, features, BOXES, 0, True, "avg")
+    grad = torch.zeros_like(output)
+    grad[0, 0, 0, 0] = float("inf")
+    torch.use_deterministic_algorithms(True)
+    try:
+        (gradient,) = torch.autograd.grad(output, features, grad)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert gradient.isnan().all()
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+def test_kernels_compile_for_gpus(capability):
+    """Every kernel variant the ops launch compiles for Ampere and Hopper (no GPU needed): the
+    interpreter does not check types the way the compiler does."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mask_rcnn_ext.layers import triton_roi_pool as compiled
+
+    target = GPUTarget("cuda", capability, 32)
+    shape = {name: "i32" for name in ("channels", "height", "width", "pooled_h", "pooled_w")}
+    for features, compute in [("fp32", "fp32"), ("fp16", "fp32"), ("bf16", "fp32"),
+                              ("fp64", "fp64")]:
+        for deterministic in (False, True):
+            grad = "*i64" if deterministic else f"*{compute}"
+            for mode in (0, 1):
+                kernels = [
+                    (compiled._bilinear_forward,
+                     {"features_ptr": f"*{features}", "geometry_ptr": f"*{compute}",
+                      "counts_ptr": "*i32", "output_ptr": f"*{features}", "argmax_ptr": "*i32"},
+                     {"MODE": mode}),
+                    (compiled._bilinear_backward,
+                     {"grad_output_ptr": f"*{features}", "geometry_ptr": f"*{compute}",
+                      "counts_ptr": "*i32", "argmax_ptr": "*i32", "grad_ptr": grad,
+                      "scale_ptr": "*fp64"},
+                     {"MODE": mode, "DETERMINISTIC": deterministic}),
+                    (compiled._precise_pool,
+                     {"features_ptr": f"*{features}", "grad_output_ptr": f"*{features}",
+                      "geometry_ptr": f"*{compute}", "counts_ptr": "*i32",
+                      "output_ptr": f"*{features}", "grad_ptr": grad, "scale_ptr": "*fp64"},
+                     {"BACKWARD": bool(mode), "DETERMINISTIC": deterministic}),
+                ]
+                for kernel, pointers, constants in kernels:
+                    constants = {**constants, "BLOCK": compiled._BLOCK}
+                    signature = {**pointers, **shape, **dict.fromkeys(constants, "constexpr")}
+                    triton.compile(ASTSource(kernel, signature, constexprs=constants),
+                                   target=target)
