@@ -59,6 +59,19 @@ def _cpu_aware_ddp():
         detectron2_defaults.create_ddp_model = original
 
 
+def _check_amp_device(cfg) -> None:
+    """Detectron2's AMPTrainer (SOLVER.AMP.ENABLED) runs float16 autocast on CUDA only, and v0.6
+    says so by an assertion in its first step, after data and model are set up: say it first."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return
+    if not cfg.MODEL.DEVICE.startswith("cuda") or not torch.cuda.is_available():
+        where = (f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}" if not cfg.MODEL.DEVICE.startswith("cuda")
+                 else "no CUDA GPU is available")
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED is True, but {where}: Detectron2's mixed-precision trainer needs "
+            "a CUDA GPU. Set SOLVER.AMP.ENABLED False to train in float32 on this machine.")
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's DefaultTrainer, evaluating instance segmentation (COCOEvaluator's bbox and segm
     AP, computed faster by :class:`FastCOCOEvaluator`) into ``OUTPUT_DIR/inference``, trainable
@@ -72,6 +85,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        _check_amp_device(cfg)
         with _cpu_aware_ddp():
             super().__init__(cfg)
 

@@ -260,9 +260,11 @@ def test_images_without_instances_and_degenerate_proposals_train(stock_and_ext):
     assert all(torch.isfinite(p.grad).all() for p in ext.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignMax", "PreciseROIPool", "ROIWarp",
                                          "ROIPool"])
-def test_every_pooler_type_trains_in_both_branches(pooler_type):
+def test_every_pooler_type_trains_in_both_branches(pooler_type, autocast):
+    """Also under CPU bfloat16 autocast (mixed precision), where our ops used to raise."""
     cfg = _ext(small_mask_rcnn_cfg(depth=18))
     cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler_type
     cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = pooler_type
@@ -272,10 +274,11 @@ def test_every_pooler_type_trains_in_both_branches(pooler_type):
         expected = POOLER_REGISTRY.get(pooler_type)((resolution, resolution), 1 / 4, 0)
         assert repr(level) == repr(expected)
     model.train()
-    with EventStorage():
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         losses = model(_batch(seed=4))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_mask_iou_target_of_a_degenerate_proposal_is_finite():
