@@ -68,3 +68,14 @@ bench: setup
 ablation: setup
 	@test -f datasets/synthetic/annotations/instances_val.json || $(PY) datasets/prepare_synthetic.py
 	$(PY) -m benchmarks.ablation
+
+.PHONY: bench-gpu
+# On a machine with a CUDA GPU (never in CI): the CUDA tests, then RoI pooling, a training step
+# and inference against stock Detectron2 on the GPU; results in benchmarks/results/cuda/.
+GPU_RESULTS := benchmarks/results/cuda
+bench-gpu: setup
+	$(PY) -c "import torch; assert torch.cuda.is_available(), 'make bench-gpu needs a CUDA GPU'"
+	$(PY) -m pytest tests/test_cuda.py tests/test_poolers.py tests/test_triton_kernels.py
+	$(PY) -m benchmarks.roi_align --device cuda --output $(GPU_RESULTS)/roi_align.json
+	$(PY) -m benchmarks.train_step --device cuda --output $(GPU_RESULTS)/train_step.json
+	$(PY) -m benchmarks.inference --device cuda --output $(GPU_RESULTS)/inference.json

@@ -169,6 +169,8 @@ def _steps(pooler, context, features, box_lists) -> dict[str, Callable[[], objec
         # The backward alone (on CUDA): a forward whose time is not counted is made first.
         with context():
             pooled = pooled_for_backward.pop() if pooled_for_backward else pooler(leaves, box_lists)
+            for leaf in leaves:
+                leaf.grad = None
             pooled.backward(torch.ones_like(pooled))
             pooled_for_backward.append(pooler(leaves, box_lists))
 
