@@ -25,6 +25,7 @@ Gradients are taken with respect to the features, not the boxes (as torchvision)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ from torchvision.ops import roi_align as torchvision_roi_align
 from .backends import Backend, choose_backend, compute_dtype, full_precision, triton_ops
 from .separable import AxisWeights, hat, pool_separable, window_columns, window_pixels
 
-__all__ = ["roi_align", "ROIAlign", "as_rois", "scaled_boxes"]
+__all__ = ["roi_align", "ROIAlign", "as_rois", "scaled_boxes", "ScaledRoIModule"]
 
 _MODES = ("avg", "max")
 
@@ -74,6 +75,24 @@ def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,
     if legacy_min_size and not aligned:
         extent = extent.clamp(min=1.0)
     return start, extent
+
+
+class ScaledRoIModule(nn.Module):
+    """An RoI op ``op(input, boxes, output_size, spatial_scale)`` as a module whose ``forward``
+    takes (input, boxes); subclasses set ``op``."""
+
+    op: Callable[..., Tensor]
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+        return type(self).op(input, boxes, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
 
 class BilinearSamples(AxisWeights):

@@ -9,12 +9,12 @@ float16 values is exact in float32, so only the boxes gain precision.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
 from .backends import full_precision
-from .roi_align import as_rois
+from .roi_align import ScaledRoIModule, as_rois
 
 __all__ = ["roi_pool", "ROIPool"]
 
@@ -36,16 +36,7 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tup
                                     spatial_scale).to(input.dtype)
 
 
-class ROIPool(nn.Module):
+class ROIPool(ScaledRoIModule):
     """:func:`roi_pool` as a module: ``forward(input, boxes)``."""
 
-    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
-        super().__init__()
-        self.output_size = _pair(output_size)
-        self.spatial_scale = spatial_scale
-
-    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
-        return roi_pool(input, boxes, self.output_size, self.spatial_scale)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+    op = staticmethod(roi_pool)

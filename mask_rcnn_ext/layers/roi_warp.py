@@ -12,11 +12,11 @@ RoIAlign removes; no gradient flows to the boxes.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from .backends import Backend, choose_backend, full_precision, triton_ops
-from .roi_align import as_rois
+from .roi_align import ScaledRoIModule, as_rois
 from .separable import AxisWeights, hat, pool_separable, window_pixels
 
 __all__ = ["roi_warp", "ROIWarp"]
@@ -79,16 +79,7 @@ def roi_warp(
         return pool_separable(input, rois[:, 0].long(), axis_y, axis_x)
 
 
-class ROIWarp(nn.Module):
+class ROIWarp(ScaledRoIModule):
     """:func:`roi_warp` as a module: ``forward(input, boxes)``."""
 
-    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
-        super().__init__()
-        self.output_size = _pair(output_size)
-        self.spatial_scale = spatial_scale
-
-    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
-        return roi_warp(input, boxes, self.output_size, self.spatial_scale)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+    op = staticmethod(roi_warp)

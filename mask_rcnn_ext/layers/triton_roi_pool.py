@@ -84,28 +84,38 @@ def _sample_position(start, bin_size, bins, sample, grid, low, high):
 
 
 @triton.jit
-def _bilinear_forward(features_ptr, geometry_ptr, counts_ptr, output_ptr, argmax_ptr,
-                      channels, height, width, pooled_h, pooled_w,
-                      MODE: tl.constexpr, BLOCK: tl.constexpr):
+def _program_outputs(channels, pooled_h, pooled_w, BLOCK: tl.constexpr):
+    """This program's RoI and block of its (channel, bin_y, bin_x) outputs."""
     roi = tl.program_id(0)
     offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     per_roi = channels * pooled_h * pooled_w
-    in_range = offsets < per_roi
     channel = offsets // (pooled_h * pooled_w)
     bin_y = (offsets // pooled_w) % pooled_h
     bin_x = offsets % pooled_w
+    return roi, offsets, per_roi, offsets < per_roi, channel, bin_y, bin_x
+
+
+@triton.jit
+def _sample_grid(geometry_ptr, counts_ptr, roi):
+    """An RoI's sample grid: start, bin size and clamp range per axis (geometry (K, 8)), its image
+    and samples per bin along y and x (counts (K, 3))."""
+    return (tl.load(geometry_ptr + roi * 8), tl.load(geometry_ptr + roi * 8 + 1),
+            tl.load(geometry_ptr + roi * 8 + 2), tl.load(geometry_ptr + roi * 8 + 3),
+            tl.load(geometry_ptr + roi * 8 + 4), tl.load(geometry_ptr + roi * 8 + 5),
+            tl.load(geometry_ptr + roi * 8 + 6), tl.load(geometry_ptr + roi * 8 + 7),
+            tl.load(counts_ptr + roi * 3), tl.load(counts_ptr + roi * 3 + 1),
+            tl.load(counts_ptr + roi * 3 + 2))
+
+
+@triton.jit
+def _bilinear_forward(features_ptr, geometry_ptr, counts_ptr, output_ptr, argmax_ptr,
+                      channels, height, width, pooled_h, pooled_w,
+                      MODE: tl.constexpr, BLOCK: tl.constexpr):
+    roi, offsets, per_roi, in_range, channel, bin_y, bin_x = _program_outputs(
+        channels, pooled_h, pooled_w, BLOCK)
     compute = geometry_ptr.dtype.element_ty
-    start_y = tl.load(geometry_ptr + roi * 8)
-    start_x = tl.load(geometry_ptr + roi * 8 + 1)
-    bin_h = tl.load(geometry_ptr + roi * 8 + 2)
-    bin_w = tl.load(geometry_ptr + roi * 8 + 3)
-    low_y = tl.load(geometry_ptr + roi * 8 + 4)
-    high_y = tl.load(geometry_ptr + roi * 8 + 5)
-    low_x = tl.load(geometry_ptr + roi * 8 + 6)
-    high_x = tl.load(geometry_ptr + roi * 8 + 7)
-    image = tl.load(counts_ptr + roi * 3)
-    grid_h = tl.load(counts_ptr + roi * 3 + 1)
-    grid_w = tl.load(counts_ptr + roi * 3 + 2)
+    (start_y, start_x, bin_h, bin_w, low_y, high_y, low_x, high_x, image, grid_h,
+     grid_w) = _sample_grid(geometry_ptr, counts_ptr, roi)
     plane = features_ptr + (image * channels + channel).to(tl.int64) * height * width
     if MODE == 0:
         result = tl.full((BLOCK,), 0.0, dtype=compute)
@@ -145,25 +155,11 @@ def _bilinear_forward(features_ptr, geometry_ptr, counts_ptr, output_ptr, argmax
 def _bilinear_backward(grad_output_ptr, geometry_ptr, counts_ptr, argmax_ptr, grad_ptr, scale_ptr,
                        channels, height, width, pooled_h, pooled_w,
                        MODE: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK: tl.constexpr):
-    roi = tl.program_id(0)
-    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    per_roi = channels * pooled_h * pooled_w
-    in_range = offsets < per_roi
-    channel = offsets // (pooled_h * pooled_w)
-    bin_y = (offsets // pooled_w) % pooled_h
-    bin_x = offsets % pooled_w
+    roi, offsets, per_roi, in_range, channel, bin_y, bin_x = _program_outputs(
+        channels, pooled_h, pooled_w, BLOCK)
     compute = geometry_ptr.dtype.element_ty
-    start_y = tl.load(geometry_ptr + roi * 8)
-    start_x = tl.load(geometry_ptr + roi * 8 + 1)
-    bin_h = tl.load(geometry_ptr + roi * 8 + 2)
-    bin_w = tl.load(geometry_ptr + roi * 8 + 3)
-    low_y = tl.load(geometry_ptr + roi * 8 + 4)
-    high_y = tl.load(geometry_ptr + roi * 8 + 5)
-    low_x = tl.load(geometry_ptr + roi * 8 + 6)
-    high_x = tl.load(geometry_ptr + roi * 8 + 7)
-    image = tl.load(counts_ptr + roi * 3)
-    grid_h = tl.load(counts_ptr + roi * 3 + 1)
-    grid_w = tl.load(counts_ptr + roi * 3 + 2)
+    (start_y, start_x, bin_h, bin_w, low_y, high_y, low_x, high_x, image, grid_h,
+     grid_w) = _sample_grid(geometry_ptr, counts_ptr, roi)
     scale = tl.load(scale_ptr)
     plane = (image * channels + channel).to(tl.int64) * height * width
     grad = tl.load(grad_output_ptr + roi * per_roi + offsets, mask=in_range, other=0.0)
@@ -213,13 +209,8 @@ def _precise_pool(features_ptr, grad_output_ptr, geometry_ptr, counts_ptr, outpu
                   scale_ptr, channels, height, width, pooled_h, pooled_w,
                   BACKWARD: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK: tl.constexpr):
     """Forward (output = bin means) or backward (grad += grad_output x the same weights)."""
-    roi = tl.program_id(0)
-    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    per_roi = channels * pooled_h * pooled_w
-    in_range = offsets < per_roi
-    channel = offsets // (pooled_h * pooled_w)
-    bin_y = (offsets // pooled_w) % pooled_h
-    bin_x = offsets % pooled_w
+    roi, offsets, per_roi, in_range, channel, bin_y, bin_x = _program_outputs(
+        channels, pooled_h, pooled_w, BLOCK)
     compute = geometry_ptr.dtype.element_ty
     start_y = tl.load(geometry_ptr + roi * 4)
     start_x = tl.load(geometry_ptr + roi * 4 + 1)
