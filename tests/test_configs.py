@@ -37,6 +37,6 @@ def test_config_builds_its_model(path):
     assert (model.roi_heads.mask_iou_head is not None) == cfg.MODEL.ROI_MASK_SCORING.ENABLED
     expected = cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE
     assert type(model.roi_heads.mask_pooler.level_poolers[0]).__name__ in {
-        "ROIAlign", "PreciseROIPool", "ROIWarp", "RoIPool"}
+        "ROIAlign", "PreciseROIPool", "ROIWarp", "ROIPool"}
     if expected == "ROIAlignMax":
         assert model.roi_heads.mask_pooler.level_poolers[0].mode == "max"
