@@ -210,7 +210,7 @@ class _SampleMaximum(torch.autograd.Function):
 def _bin_maximum(axis_y: BilinearSamples, axis_x: BilinearSamples):
     """``reduce`` for :func:`pool_separable`: the maximum over each bin's samples."""
 
-    def reduce(along_y: Tensor, weights_x: Tensor, rows: Tensor) -> Tensor:
+    def reduce(along_y: Tensor, weights_x: Tensor) -> Tensor:
         return _SampleMaximum.apply(along_y, weights_x, axis_y.pooled, axis_x.pooled)
 
     return reduce

@@ -258,8 +258,8 @@ def pool_separable(
         features: (N, C, H, W).
         batch_index: (K,) int64 image of each RoI.
         axis_y, axis_x: the weights along each axis (R rows, S columns).
-        reduce: optional ``reduce(along_y, weights_x, rows)``, which replaces the x contraction
-            of RoIs ``rows``: it gets their values contracted along y only, channels-last
+        reduce: optional ``reduce(along_y, weights_x)``, which replaces the x contraction of
+            each chunk of G RoIs: it gets their values contracted along y only, channels-last
             (G, R, Lx, C), and their (G, S, Lx) x weights, and returns (G, Q, P, C) (e.g. the
             maximum over each bin's samples).
 
@@ -285,8 +285,8 @@ def pool_separable(
         order.append(rows)
     values = _WindowContraction.apply(features, reduce is None, *chunk_tensors)
     if reduce is not None:
-        values = [reduce(along_y, weights_x, rows) for rows, along_y, weights_x
-                  in zip(order, values, chunk_tensors[2::3], strict=True)]
+        values = [reduce(along_y, weights_x)
+                  for along_y, weights_x in zip(values, chunk_tensors[2::3], strict=True)]
     # Chunk order back to RoI order with one permutation: writing each chunk in place instead
     # would make autograd copy the whole output gradient once per chunk (measured: 60% of a
     # single-level backward with 120 chunks).
