@@ -1,17 +1,20 @@
 """Config keys of mask_rcnn_ext. With their defaults, a model is stock Detectron2 Mask R-CNN.
 
-The pooler types of ``MODEL.ROI_BOX_HEAD.POOLER_TYPE`` and ``MODEL.ROI_MASK_HEAD.POOLER_TYPE``
-accept every name in ``mask_rcnn_ext.modeling.POOLER_REGISTRY`` once the ROI heads are
-``MaskRCNNExtROIHeads``; the mask head options apply to ``MaskRCNNFCNHead``.
+The pooler types of the box, mask and keypoint heads (``MODEL.ROI_*_HEAD.POOLER_TYPE``) accept
+every name in ``mask_rcnn_ext.modeling.POOLER_REGISTRY`` once the ROI heads are
+``MaskRCNNExtROIHeads``; the mask head options apply to mask_rcnn_ext's mask heads.
 """
 
+import logging
 from pathlib import Path
 
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_mask_rcnn_ext_config", "load_config"]
+__all__ = ["add_mask_rcnn_ext_config", "load_config", "upgrade_deprecated_keys"]
+
+logger = logging.getLogger(__name__)
 
 
 def add_mask_rcnn_ext_config(cfg: CN) -> CN:
@@ -23,17 +26,17 @@ def add_mask_rcnn_ext_config(cfg: CN) -> CN:
     # Mask loss: "sigmoid" (paper: per-class binary cross-entropy on the ground-truth class only)
     # or "softmax" (Table 2b ablation: a per-pixel multinomial over background + K classes).
     mask.LOSS = "sigmoid"
-    # Mask head architecture: "fcn" (paper) or "mlp" (Table 2e ablation: fc layers on the pooled
-    # features, predicting all K masks from one vector).
-    mask.ARCH = "fcn"
-    # Hidden width of the "mlp" head's two fc layers (paper Table 2e: 1024).
+    # Hidden width of MaskRCNNMLPHead's two fc layers (paper Table 2e: 1024).
     mask.MLP_DIM = 1024
+    # Deprecated: "mlp" means NAME "MaskRCNNMLPHead" (upgrade_deprecated_keys maps it).
+    mask.ARCH = "fcn"
 
-    # Mask Scoring R-CNN (Huang et al., CVPR 2019): a MaskIoU head regresses the IoU of each
-    # predicted mask with its ground truth; at inference, score = class score x predicted IoU.
+    # Mask Scoring R-CNN (Huang et al., CVPR 2019), MODEL.ROI_MASK_HEAD.NAME "MaskScoringHead": a
+    # MaskIoU branch regresses the IoU of each predicted mask with its ground truth; at inference,
+    # score = class score x predicted IoU.
     cfg.MODEL.ROI_MASK_SCORING = CN()
     scoring = cfg.MODEL.ROI_MASK_SCORING
-    # Whether the MaskIoU branch is built, trained and used for scores.
+    # Deprecated: True means NAME "MaskScoringHead" (upgrade_deprecated_keys maps it).
     scoring.ENABLED = False
     # 3x3 convolutions on [mask features, max-pooled predicted mask]; the last has stride 2.
     scoring.NUM_CONV = 4
@@ -89,7 +92,48 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CN:
         if "Non-existent" in message:
             raise KeyError(_unknown_key_hint(message)) from error
         raise ValueError(message) from error
-    return cfg
+    return upgrade_deprecated_keys(cfg)
+
+
+def upgrade_deprecated_keys(cfg: CN) -> CN:
+    """``cfg``, or an upgraded copy of it where it sets keys of earlier versions, with a warning.
+
+    * ``MODEL.ROI_MASK_HEAD.ARCH: "mlp"`` becomes ``MODEL.ROI_MASK_HEAD.NAME: "MaskRCNNMLPHead"``;
+    * ``MODEL.ROI_MASK_SCORING.ENABLED: True`` becomes ``NAME: "MaskScoringHead"``.
+
+    Both applied to a mask head other than ``MaskRCNNFCNHead``, the one they used to modify, are
+    an error that names the keys. ``MaskRCNNExtROIHeads`` upgrades the config it is built from, so
+    configs made without :func:`load_config` are upgraded too.
+    """
+    mask = cfg.MODEL.ROI_MASK_HEAD
+    scoring = cfg.MODEL.get("ROI_MASK_SCORING")
+    arch = mask.get("ARCH", "fcn")
+    scored = bool(scoring is not None and scoring.ENABLED)
+    if arch == "fcn" and not scored:
+        return cfg
+    if arch != "mlp" and arch != "fcn":
+        raise ValueError(f"MODEL.ROI_MASK_HEAD.ARCH (deprecated) must be 'fcn' or 'mlp', got "
+                         f"{arch!r}")
+    set_keys = ["MODEL.ROI_MASK_HEAD.ARCH: 'mlp'"] * (arch == "mlp") + [
+        "MODEL.ROI_MASK_SCORING.ENABLED: True"] * scored
+    if arch == "mlp" and scored:
+        raise ValueError(f"{' and '.join(set_keys)}: mask scoring is built on the FCN mask head; "
+                         "the MLP head has none")
+    if mask.NAME != "MaskRCNNFCNHead":
+        raise ValueError(f"{set_keys[0]} (deprecated) modifies MODEL.ROI_MASK_HEAD.NAME "
+                         f"'MaskRCNNFCNHead', but NAME is {mask.NAME!r}")
+    name = "MaskRCNNMLPHead" if arch == "mlp" else "MaskScoringHead"
+    logger.warning("%s is deprecated: it now means MODEL.ROI_MASK_HEAD.NAME: %r; set that instead",
+                   set_keys[0], name)
+    upgraded = cfg.clone()
+    upgraded.defrost()
+    upgraded.MODEL.ROI_MASK_HEAD.NAME = name
+    upgraded.MODEL.ROI_MASK_HEAD.ARCH = "fcn"
+    if scored:
+        upgraded.MODEL.ROI_MASK_SCORING.ENABLED = False
+    if cfg.is_frozen():
+        upgraded.freeze()
+    return upgraded
 
 
 def _unknown_key_hint(message: str) -> str:

@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from mask_rcnn_ext import add_mask_rcnn_ext_config
-from mask_rcnn_ext.modeling import MaskRCNNExtROIHeads, MaskRCNNFCNHead
+from mask_rcnn_ext.modeling import MaskHeadBase, MaskRCNNExtROIHeads, MaskScoringHead
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
 
@@ -32,9 +32,10 @@ def test_config_builds_its_model(path):
     torch.manual_seed(0)
     model = build_model(cfg)
     assert isinstance(model.roi_heads, MaskRCNNExtROIHeads)
-    assert isinstance(model.roi_heads.mask_head, MaskRCNNFCNHead)
+    assert isinstance(model.roi_heads.mask_head, MaskHeadBase)
+    assert type(model.roi_heads.mask_head).__name__ == cfg.MODEL.ROI_MASK_HEAD.NAME
     assert model.roi_heads.mask_head.output_side == cfg.MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION
-    assert (model.roi_heads.mask_iou_head is not None) == cfg.MODEL.ROI_MASK_SCORING.ENABLED
+    assert isinstance(model.roi_heads.mask_head, MaskScoringHead) == ("scoring" in path.name)
     expected = cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE
     assert type(model.roi_heads.mask_pooler.level_poolers[0]).__name__ in {
         "ROIAlign", "PreciseROIPool", "ROIWarp", "ROIPool"}

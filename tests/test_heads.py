@@ -1,10 +1,12 @@
-"""MaskRCNNExtROIHeads and MaskRCNNFCNHead: stock Detectron2 with defaults, and each option."""
+"""MaskRCNNExtROIHeads and the mask heads: stock Detectron2 with defaults, and each option."""
 
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -12,8 +14,13 @@ from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from conftest import small_mask_rcnn_cfg
-from mask_rcnn_ext import add_mask_rcnn_ext_config
-from mask_rcnn_ext.modeling import POOLER_REGISTRY, MaskRCNNFCNHead
+from mask_rcnn_ext import add_mask_rcnn_ext_config, load_config
+from mask_rcnn_ext.modeling import (
+    POOLER_REGISTRY,
+    MaskRCNNFCNHead,
+    MaskRCNNMLPHead,
+    MaskScoringHead,
+)
 from mask_rcnn_ext.modeling.mask_head import mask_probabilities, mask_rcnn_softmax_loss
 from mask_rcnn_ext.modeling.mask_scoring import mask_iou_targets
 
@@ -110,14 +117,19 @@ def test_inference_outputs_equal_stock(stock_and_ext):
         torch.testing.assert_close(ours.pred_masks, theirs.pred_masks)
 
 
+def _scoring_cfg():
+    cfg = _ext(small_mask_rcnn_cfg(depth=18))
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskScoringHead"
+    return cfg
+
+
 def test_mask_scoring_adds_exactly_its_keys_and_logs_them(stock_and_ext, caplog):
     stock, _ = stock_and_ext
-    cfg = _ext(small_mask_rcnn_cfg(depth=18))
-    cfg.MODEL.ROI_MASK_SCORING.ENABLED = True
-    scored = build_model(cfg)
-    with caplog.at_level(logging.WARNING, logger="mask_rcnn_ext.modeling.roi_heads"):
+    scored = build_model(_scoring_cfg())
+    with caplog.at_level(logging.WARNING, logger="mask_rcnn_ext.modeling.mask_scoring"):
         result = scored.load_state_dict(stock.state_dict(), strict=False)
-    new_keys = {k for k in scored.state_dict() if k.startswith("roi_heads.mask_iou_head.")}
+    new_keys = {k for k in scored.state_dict()
+                if k.startswith("roi_heads.mask_head.mask_iou_head.")}
     assert new_keys and set(result.missing_keys) == new_keys
     assert not result.unexpected_keys
     assert all(key in caplog.text for key in new_keys)
@@ -137,10 +149,11 @@ def _head(loss="sigmoid", arch="fcn", agnostic=False, resolution=28, norm=""):
     cfg = add_mask_rcnn_ext_config(get_cfg())
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     head = cfg.MODEL.ROI_MASK_HEAD
-    head.LOSS, head.ARCH, head.CLS_AGNOSTIC_MASK = loss, arch, agnostic
+    head.LOSS, head.CLS_AGNOSTIC_MASK = loss, agnostic
     head.OUTPUT_RESOLUTION, head.NORM, head.NUM_CONV, head.CONV_DIM = resolution, norm, 2, 32
     head.MLP_DIM = 32
-    return MaskRCNNFCNHead(cfg, ShapeSpec(channels=4, height=14, width=14))
+    head_class = MaskRCNNMLPHead if arch == "mlp" else MaskRCNNFCNHead
+    return head_class(cfg, ShapeSpec(channels=4, height=14, width=14))
 
 
 def _proposals():
@@ -287,3 +300,95 @@ def test_mask_iou_target_of_a_degenerate_proposal_is_finite():
     targets = mask_iou_targets(probabilities, gt, torch.tensor([50.0, 0.0]),
                                torch.tensor([0.0, 0.0]), 0.5)
     assert torch.isfinite(targets).all() and (targets >= 0).all() and (targets <= 1).all()
+
+
+def _old_layout(state_dict):
+    """A state dict as the code before mask scoring moved into the mask head saved it: the
+    MaskIoU branch under ``roi_heads.mask_iou_head.``, every module at version 1."""
+    old = type(state_dict)((key.replace("roi_heads.mask_head.mask_iou_head.",
+                                        "roi_heads.mask_iou_head."), value)
+                           for key, value in state_dict.items())
+    old._metadata = {name: {**meta, "version": 1}
+                     for name, meta in state_dict._metadata.items()}
+    return old
+
+
+def test_checkpoints_with_the_scoring_branch_in_the_roi_heads_still_load():
+    torch.manual_seed(0)
+    saved = build_model(_scoring_cfg()).state_dict()
+    old = _old_layout(saved)
+    assert any(key.startswith("roi_heads.mask_iou_head.") for key in old)
+    torch.manual_seed(1)
+    model = build_model(_scoring_cfg())
+    result = model.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("key, value, head_class", [
+    ("MODEL.ROI_MASK_HEAD.ARCH", "mlp", MaskRCNNMLPHead),
+    ("MODEL.ROI_MASK_SCORING.ENABLED", True, MaskScoringHead),
+])
+def test_deprecated_keys_are_mapped_with_a_warning(key, value, head_class, tmp_path, caplog):
+    cfg = _ext(small_mask_rcnn_cfg(depth=18))
+    cfg.merge_from_list([key, value])
+    with caplog.at_level(logging.WARNING, logger="mask_rcnn_ext.config"):
+        model = build_model(cfg)
+    assert type(model.roi_heads.mask_head) is head_class
+    assert f"{key}: " in caplog.text and head_class.__name__ in caplog.text
+
+    caplog.clear()
+    path = tmp_path / "old.yaml"
+    base = Path(__file__).parents[1] / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml"
+    model_key, head_key, leaf_key = key.split(".")
+    path.write_text(yaml.safe_dump({"_BASE_": str(base),
+                                    model_key: {head_key: {leaf_key: value}}}))
+    with caplog.at_level(logging.WARNING, logger="mask_rcnn_ext.config"):
+        loaded = load_config(str(path))
+    assert loaded.MODEL.ROI_MASK_HEAD.NAME == head_class.__name__
+    assert f"{key}: " in caplog.text
+
+
+def test_deprecated_keys_on_other_heads_are_errors_that_name_them():
+    cfg = _ext(small_mask_rcnn_cfg(depth=18))
+    cfg.MODEL.ROI_MASK_HEAD.ARCH = "mlp"
+    cfg.MODEL.ROI_MASK_SCORING.ENABLED = True
+    with pytest.raises(ValueError, match=r"ARCH: 'mlp' and MODEL\.ROI_MASK_SCORING\.ENABLED"):
+        build_model(cfg)
+    cfg.MODEL.ROI_MASK_SCORING.ENABLED = False
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    with pytest.raises(ValueError, match=r"ARCH: 'mlp'.*NAME is 'MaskRCNNConvUpsampleHead'"):
+        build_model(cfg)
+    # Other ROI heads do not upgrade configs; our mask head then refuses the key by name.
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNFCNHead"
+    with pytest.raises(ValueError, match=r"ARCH='mlp' is deprecated.*MaskRCNNMLPHead"):
+        build_model(cfg)
+
+
+def _keypoint_cfg(roi_heads: str, pooler_type: str = "ROIAlignV2"):
+    cfg = small_mask_rcnn_cfg(depth=18)
+    cfg.MODEL.KEYPOINT_ON = True
+    cfg.MODEL.ROI_HEADS.NAME = roi_heads
+    cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = 4
+    cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = (32, 32)
+    cfg.MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE = pooler_type
+    return cfg
+
+
+def test_keypoint_branch_is_stock_and_takes_registry_poolers():
+    torch.manual_seed(0)
+    stock = build_model(_keypoint_cfg("StandardROIHeads")).eval()
+    ext = build_model(_keypoint_cfg("MaskRCNNExtROIHeads")).eval()
+    result = ext.load_state_dict(stock.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    with torch.no_grad():
+        theirs, ours = stock(_batch()), ext(_batch())
+    for mine, stock_output in zip(ours, theirs, strict=True):
+        assert len(stock_output["instances"]) > 0
+        torch.testing.assert_close(mine["instances"].pred_keypoints,
+                                   stock_output["instances"].pred_keypoints)
+    maximum = build_model(_keypoint_cfg("MaskRCNNExtROIHeads", "ROIAlignMax"))
+    level = maximum.roi_heads.keypoint_pooler.level_poolers[0]
+    assert repr(level) == repr(POOLER_REGISTRY.get("ROIAlignMax")((14, 14), 1 / 4, 0))

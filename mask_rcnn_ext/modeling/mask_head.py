@@ -1,18 +1,18 @@
-"""``MaskRCNNFCNHead``: Mask R-CNN's mask head (He et al. 2017, Sec. 3 and Fig. 4) with the
-paper's ablation options.
+"""Mask R-CNN's mask heads (He et al. 2017, Sec. 3 and Fig. 4) with the paper's ablation options.
 
-With the defaults it is Detectron2's ``MaskRCNNConvUpsampleHead``: the same layers under the same
-names (``mask_fcn{k}``, ``deconv``, ``predictor``), the same initialisation, loss and inference, so
-stock weights load unchanged. Options (``add_mask_rcnn_ext_config``):
+``MaskRCNNFCNHead`` with its defaults is Detectron2's ``MaskRCNNConvUpsampleHead``: the same
+layers under the same names (``mask_fcn{k}``, ``deconv``, ``predictor``), the same
+initialisation, loss and inference, so stock weights load unchanged. ``MaskRCNNMLPHead`` is the
+paper's Table 2e alternative: two fc layers on the flattened pooled features, then one fc
+predicting all masks. Options (``add_mask_rcnn_ext_config``), for both heads unless said:
 
-* ``OUTPUT_RESOLUTION``: 28, 56 or 112; each doubling past the first adds a 2x deconvolution
-  (``deconv2``, ``deconv3``);
+* ``OUTPUT_RESOLUTION``: 28, 56 or 112; for the FCN head each doubling past the first adds a 2x
+  deconvolution (``deconv2``, ``deconv3``);
 * ``LOSS``: "sigmoid", a binary cross-entropy on the ground-truth class's channel only (the
   paper's decoupling of mask and class), or "softmax", a per-pixel multinomial over background and
   the K classes (the paper's Table 2b alternative, which couples them);
-* ``ARCH``: "fcn", or "mlp" (Table 2e): two fc layers on the flattened pooled features, then one
-  fc predicting all masks;
-* ``NORM``: "", "GN", "BN", ... (Detectron2's ``get_norm``) after each 3x3 convolution.
+* ``NORM``: "", "GN", "BN", ... (Detectron2's ``get_norm``) after each 3x3 convolution (FCN);
+* ``MLP_DIM``: the hidden width of the MLP head.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 
 __all__ = [
+    "MaskHeadBase",
     "MaskRCNNFCNHead",
+    "MaskRCNNMLPHead",
     "cropped_gt_masks",
     "mask_probabilities",
     "mask_rcnn_softmax_loss",
 ]
 
 _LOSSES = ("sigmoid", "softmax")
-_ARCHS = ("fcn", "mlp")
 
 
 def cropped_gt_masks(instances: list[Instances], side: int) -> tuple[Tensor, Tensor]:
@@ -99,105 +100,41 @@ def mask_probabilities(logits: Tensor, classes: Tensor, loss: str) -> Tensor:
     return logits[index, channel].sigmoid()
 
 
-@ROI_MASK_HEAD_REGISTRY.register()
-class MaskRCNNFCNHead(BaseMaskRCNNHead):
-    """The mask head: (N, C, P, P) pooled features -> (N, K or K + 1, R, R) mask logits."""
+class MaskHeadBase(BaseMaskRCNNHead):
+    """What the FCN and MLP heads share: (N, C, P, P) pooled features -> (N, K or K + 1, R, R)
+    mask logits through the subclass's ``layers``, trained with the sigmoid or softmax loss."""
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, num_classes: int, conv_dims: list[int],
-                 conv_norm: str = "", num_upsample: int = 1, loss: str = "sigmoid",
-                 arch: str = "fcn", mlp_dim: int = 1024, **kwargs):
+    def __init__(self, *, output_side: int, loss: str = "sigmoid", **kwargs):
         """
         Args:
-            input_shape: the pooled features (channels, height = width = P).
-            num_classes: K foreground classes, or 1 for class-agnostic masks.
-            conv_dims: widths of the 3x3 convolutions, then of the deconvolution(s) ("fcn").
-            conv_norm: normalisation after each 3x3 convolution.
-            num_upsample: 2x deconvolutions; output side R = P * 2 ** num_upsample.
+            output_side: side R of the predicted masks.
             loss: "sigmoid" or "softmax" (softmax predicts a background channel too).
-            arch: "fcn" or "mlp".
-            mlp_dim: hidden width of the "mlp" head.
         """
         super().__init__(**kwargs)
         if loss not in _LOSSES:
             raise ValueError(f"MODEL.ROI_MASK_HEAD.LOSS must be one of {_LOSSES}, got {loss!r}")
-        if arch not in _ARCHS:
-            raise ValueError(f"MODEL.ROI_MASK_HEAD.ARCH must be one of {_ARCHS}, got {arch!r}")
-        if num_upsample < 1:
-            raise ValueError(f"the mask head needs at least one upsampling, got {num_upsample}")
-        self.loss, self.arch = loss, arch
-        self.output_side = input_shape.height * 2 ** num_upsample
-        out_channels = num_classes + 1 if loss == "softmax" else num_classes
-        if arch == "fcn":
-            self._build_fcn(input_shape.channels, conv_dims, conv_norm, num_upsample,
-                            out_channels)
-        else:
-            self._build_mlp(input_shape, mlp_dim, out_channels)
-
-    def _build_fcn(self, channels, conv_dims, conv_norm, num_upsample, out_channels):
-        self.convs = []
-        for k, conv_dim in enumerate(conv_dims[:-1]):
-            conv = Conv2d(channels, conv_dim, kernel_size=3, padding=1, bias=not conv_norm,
-                          norm=get_norm(conv_norm, conv_dim), activation=nn.ReLU())
-            self.add_module(f"mask_fcn{k + 1}", conv)
-            self.convs.append(conv)
-            channels = conv_dim
-        self.upsamples = []
-        for k in range(num_upsample):
-            # The first keeps Detectron2's name, so that stock weights load.
-            name = "deconv" if k == 0 else f"deconv{k + 1}"
-            deconv = ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
-            self.add_module(name, deconv)
-            self.upsamples.append(deconv)
-            channels = conv_dims[-1]
-        self.predictor = Conv2d(channels, out_channels, kernel_size=1)
-        for layer in self.convs + self.upsamples:
-            weight_init.c2_msra_fill(layer)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.constant_(self.predictor.bias, 0)
-
-    def _build_mlp(self, input_shape, mlp_dim, out_channels):
-        inputs = input_shape.channels * input_shape.height * input_shape.width
-        self.mask_fc1 = nn.Linear(inputs, mlp_dim)
-        self.mask_fc2 = nn.Linear(mlp_dim, mlp_dim)
-        self.predictor = nn.Linear(mlp_dim, out_channels * self.output_side ** 2)
-        for layer in (self.mask_fc1, self.mask_fc2):
-            weight_init.c2_xavier_fill(layer)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.constant_(self.predictor.bias, 0)
+        self.loss = loss
+        self.output_side = output_side
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         head = cfg.MODEL.ROI_MASK_HEAD
+        if head.ARCH != "fcn":
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.ARCH={head.ARCH!r} is deprecated: MaskRCNNExtROIHeads maps "
+                "ARCH 'mlp' to NAME 'MaskRCNNMLPHead'; with other ROI heads, set that NAME.")
         doublings = math.log2(head.OUTPUT_RESOLUTION / input_shape.height)
         if doublings < 1 or not doublings.is_integer():
             raise ValueError(
                 f"MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION={head.OUTPUT_RESOLUTION} must be "
                 f"POOLER_RESOLUTION ({input_shape.height}) times 2, 4, 8, ..."
             )
-        ret.update(
-            input_shape=input_shape,
-            conv_dims=[head.CONV_DIM] * (head.NUM_CONV + 1),
-            conv_norm=head.NORM,
-            num_upsample=int(doublings),
-            loss=head.LOSS,
-            arch=head.ARCH,
-            mlp_dim=head.MLP_DIM,
-            num_classes=1 if head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-        )
+        num_classes = 1 if head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        ret.update(output_side=head.OUTPUT_RESOLUTION, loss=head.LOSS,
+                   out_channels=num_classes + 1 if head.LOSS == "softmax" else num_classes)
         return ret
-
-    def layers(self, x: Tensor) -> Tensor:
-        if self.arch == "mlp":
-            x = F.relu(self.mask_fc1(x.flatten(1)))
-            x = F.relu(self.mask_fc2(x))
-            return self.predictor(x).view(x.shape[0], -1, self.output_side, self.output_side)
-        for conv in self.convs:
-            x = conv(x)
-        for deconv in self.upsamples:
-            x = F.relu(deconv(x))
-        return self.predictor(x)
 
     def losses(self, logits: Tensor, instances: list[Instances]) -> Tensor:
         """The (unweighted) mask loss of ``logits`` for the foreground proposals ``instances``."""
@@ -222,3 +159,93 @@ class MaskRCNNFCNHead(BaseMaskRCNNHead):
             return {"loss_mask": self.losses(logits, instances) * self.loss_weight}
         self.inference(logits, instances)
         return instances
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class MaskRCNNFCNHead(MaskHeadBase):
+    """The paper's FCN mask head: 3x3 convolutions, 2x deconvolution(s), a 1x1 predictor."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, out_channels: int, conv_dims: list[int],
+                 conv_norm: str = "", **kwargs):
+        """
+        Args:
+            input_shape: the pooled features (channels, height = width = P).
+            out_channels: K foreground classes, 1 for class-agnostic masks, plus 1 with the
+                softmax loss.
+            conv_dims: widths of the 3x3 convolutions, then of the deconvolution(s).
+            conv_norm: normalisation after each 3x3 convolution.
+        """
+        super().__init__(**kwargs)
+        doublings = math.log2(self.output_side / input_shape.height)
+        channels = input_shape.channels
+        self.convs = []
+        for k, conv_dim in enumerate(conv_dims[:-1]):
+            conv = Conv2d(channels, conv_dim, kernel_size=3, padding=1, bias=not conv_norm,
+                          norm=get_norm(conv_norm, conv_dim), activation=nn.ReLU())
+            self.add_module(f"mask_fcn{k + 1}", conv)
+            self.convs.append(conv)
+            channels = conv_dim
+        self.upsamples = []
+        for k in range(round(doublings)):
+            # The first keeps Detectron2's name, so that stock weights load.
+            name = "deconv" if k == 0 else f"deconv{k + 1}"
+            deconv = ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
+            self.add_module(name, deconv)
+            self.upsamples.append(deconv)
+            channels = conv_dims[-1]
+        self.predictor = Conv2d(channels, out_channels, kernel_size=1)
+        for layer in self.convs + self.upsamples:
+            weight_init.c2_msra_fill(layer)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        head = cfg.MODEL.ROI_MASK_HEAD
+        ret.update(input_shape=input_shape, conv_dims=[head.CONV_DIM] * (head.NUM_CONV + 1),
+                   conv_norm=head.NORM)
+        return ret
+
+    def layers(self, x: Tensor) -> Tensor:
+        for conv in self.convs:
+            x = conv(x)
+        for deconv in self.upsamples:
+            x = F.relu(deconv(x))
+        return self.predictor(x)
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class MaskRCNNMLPHead(MaskHeadBase):
+    """The paper's Table 2e MLP mask head: fc, fc, then one fc predicting every R x R mask."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, out_channels: int, mlp_dim: int = 1024,
+                 **kwargs):
+        """
+        Args:
+            input_shape: the pooled features (channels, height, width).
+            out_channels: as for :class:`MaskRCNNFCNHead`.
+            mlp_dim: width of the two hidden fc layers (paper: 1024).
+        """
+        super().__init__(**kwargs)
+        inputs = input_shape.channels * input_shape.height * input_shape.width
+        self.mask_fc1 = nn.Linear(inputs, mlp_dim)
+        self.mask_fc2 = nn.Linear(mlp_dim, mlp_dim)
+        self.predictor = nn.Linear(mlp_dim, out_channels * self.output_side ** 2)
+        for layer in (self.mask_fc1, self.mask_fc2):
+            weight_init.c2_xavier_fill(layer)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(input_shape=input_shape, mlp_dim=cfg.MODEL.ROI_MASK_HEAD.MLP_DIM)
+        return ret
+
+    def layers(self, x: Tensor) -> Tensor:
+        x = F.relu(self.mask_fc1(x.flatten(1)))
+        x = F.relu(self.mask_fc2(x))
+        return self.predictor(x).view(x.shape[0], -1, self.output_side, self.output_side)

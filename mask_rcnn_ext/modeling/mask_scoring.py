@@ -1,19 +1,30 @@
 """Mask scoring (Huang et al., "Mask Scoring R-CNN", CVPR 2019): a MaskIoU head regresses the IoU
 between each predicted mask and its ground truth, and at inference an instance's score becomes
 class score x predicted mask IoU.
+
+``MaskScoringHead`` (``MODEL.ROI_MASK_HEAD.NAME: MaskScoringHead``) is the FCN mask head with the
+MaskIoU branch inside it, so that any ROI heads that run a mask head run it.
 """
 
 from __future__ import annotations
+
+import logging
 
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, cat
+from detectron2.layers import Conv2d, ShapeSpec, cat
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 from torch import Tensor, nn
 
-__all__ = ["MaskIoUHead", "full_gt_areas", "mask_iou_loss", "mask_iou_targets"]
+from .mask_head import MaskRCNNFCNHead, cropped_gt_masks, mask_probabilities
+
+__all__ = ["MaskIoUHead", "MaskScoringHead", "full_gt_areas", "mask_iou_loss",
+           "mask_iou_targets"]
+
+logger = logging.getLogger(__name__)
 
 
 class MaskIoUHead(nn.Module):
@@ -128,3 +139,86 @@ def full_gt_areas(instances: list[Instances]) -> tuple[Tensor, Tensor]:
     if not areas:
         return torch.zeros(0), torch.zeros(0)
     return cat(areas), cat(boxes)
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class MaskScoringHead(MaskRCNNFCNHead):
+    """:class:`MaskRCNNFCNHead` plus a MaskIoU branch (``mask_iou_head``) on the same pooled
+    features: trained with an extra ``loss_maskiou``; at inference each instance gets
+    ``pred_mask_iou``, keeps its class score as ``box_scores``, and ``scores`` becomes
+    class score x predicted IoU."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, mask_iou_head: MaskIoUHead,
+                 mask_iou_loss_weight: float = 1.0, mask_iou_threshold: float = 0.5, **kwargs):
+        """
+        Args:
+            mask_iou_head: the MaskIoU branch.
+            mask_iou_loss_weight: weight of ``loss_maskiou``.
+            mask_iou_threshold: probability above which a pixel is in the predicted mask, for
+                the IoU targets.
+            input_shape, kwargs: as for :class:`MaskRCNNFCNHead`.
+        """
+        super().__init__(input_shape, **kwargs)
+        self.mask_iou_head = mask_iou_head
+        self.mask_iou_loss_weight = mask_iou_loss_weight
+        self.mask_iou_threshold = mask_iou_threshold
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        scoring = cfg.MODEL.ROI_MASK_SCORING
+        ret.update(mask_iou_head=MaskIoUHead(cfg, input_shape.channels),
+                   mask_iou_loss_weight=scoring.LOSS_WEIGHT,
+                   mask_iou_threshold=scoring.MASK_THRESHOLD)
+        return ret
+
+    def forward(self, x: Tensor, instances: list[Instances]):
+        logits = self.layers(x)
+        if self.training:
+            return {"loss_mask": self.losses(logits, instances) * self.loss_weight,
+                    "loss_maskiou": self._mask_iou_loss(x, logits, instances)}
+        self.inference(logits, instances)
+        self._rescore(x, logits, instances)
+        return instances
+
+    def _mask_iou_loss(self, pooled: Tensor, logits: Tensor, instances: list[Instances]) -> Tensor:
+        gt_masks, classes = cropped_gt_masks(instances, logits.shape[-1])
+        if classes.numel() == 0:
+            return logits.sum() * 0
+        gt_masks, classes = gt_masks.to(logits.device), classes.to(logits.device)
+        # The MaskIoU branch reads the predicted mask but does not train the mask head.
+        probabilities = mask_probabilities(logits, classes, self.loss).detach()
+        gt_areas, box_areas = full_gt_areas(instances)
+        targets = mask_iou_targets(probabilities, gt_masks, gt_areas.to(logits.device),
+                                   box_areas.to(logits.device), self.mask_iou_threshold)
+        predicted = self.mask_iou_head(pooled, probabilities)
+        return mask_iou_loss(predicted, classes, targets) * self.mask_iou_loss_weight
+
+    def _rescore(self, pooled: Tensor, logits: Tensor, instances: list[Instances]) -> None:
+        classes = cat([i.pred_classes for i in instances]) if instances else None
+        if classes is None or classes.numel() == 0:
+            for per_image in instances:
+                per_image.pred_mask_iou = per_image.scores.new_zeros(0)
+                per_image.box_scores = per_image.scores
+            return
+        probabilities = mask_probabilities(logits, classes.long(), self.loss)
+        predicted = self.mask_iou_head(pooled, probabilities)
+        iou = predicted[torch.arange(len(classes), device=classes.device), classes.long()]
+        iou = iou.clamp(0, 1)
+        for per_image, per_image_iou in zip(instances, iou.split([len(i) for i in instances]),
+                                            strict=True):
+            per_image.pred_mask_iou = per_image_iou
+            per_image.box_scores = per_image.scores
+            per_image.scores = per_image.scores * per_image_iou
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Stock Mask R-CNN checkpoints have no MaskIoU branch: say which keys start untrained."""
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        branch = prefix + "mask_iou_head."
+        if not any(key.startswith(branch) for key in state_dict):
+            names = sorted(branch + key for key in self.mask_iou_head.state_dict())
+            logger.warning("The checkpoint has no mask-scoring branch; these %d parameters keep "
+                           "their initial values: %s", len(names), ", ".join(names))
