@@ -42,6 +42,7 @@ class Fix:
 
 
 _SEM_SEG = "detectron2/evaluation/sem_seg_evaluation.py"
+_LAUNCH = "detectron2/engine/launch.py"
 
 FIXES: tuple[Fix, ...] = (
     Fix(
@@ -106,6 +107,29 @@ FIXES: tuple[Fix, ...] = (
             Edit(_SEM_SEG, "dtype=np.int)", "dtype=np.int64)", count=2),
             Edit(_SEM_SEG, "np.float)", "np.float64)", count=5),
             Edit("detectron2/data/datasets/pascal_voc.py", "dtype=np.str)", "dtype=str)"),
+        ),
+    ),
+    Fix(
+        name="launch-on-cpu-with-gloo",
+        why="v0.6's launch asserts CUDA in each worker and always uses NCCL, so multi-process "
+        "training on a CPU-only machine fails. Upstream Detectron2 has since used gloo when no GPU "
+        "is present (commit b4b6cc9, 'Support launch() on CPU machines'); this is that behaviour.",
+        edits=(
+            Edit(
+                _LAUNCH,
+                '    assert torch.cuda.is_available(), "cuda is not available. Please check your '
+                'installation."\n',
+                "    has_gpu = torch.cuda.is_available()\n",
+            ),
+            Edit(_LAUNCH, 'backend="NCCL",', 'backend="NCCL" if has_gpu else "GLOO",'),
+            Edit(
+                _LAUNCH,
+                "    assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+                "    torch.cuda.set_device(local_rank)\n",
+                "    if has_gpu:\n"
+                "        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+                "        torch.cuda.set_device(local_rank)\n",
+            ),
         ),
     ),
     Fix(

@@ -1,9 +1,9 @@
 """Training and evaluation on Detectron2's engine, on GPUs or on CPU-only machines.
 
-Detectron2 v0.6 trains with several processes only on GPUs: its ``launch`` asserts CUDA and
-uses NCCL, and its ``create_ddp_model`` passes ``device_ids`` even for CPU modules, which
-DistributedDataParallel rejects. :func:`launch` runs the processes with gloo when there is no GPU,
-and :class:`Trainer` wraps CPU models without ``device_ids``.
+Several processes are started by Detectron2's own ``launch`` (which uses gloo without a GPU; on
+v0.6 through the compat layer's fix "launch-on-cpu-with-gloo"). Detectron2's
+``create_ddp_model`` passes ``device_ids`` even for CPU modules, which DistributedDataParallel
+rejects, in v0.6 and upstream alike: :class:`Trainer` wraps CPU models without them.
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-from datetime import timedelta
 
 import detectron2.data.transforms as T
 import detectron2.engine.defaults as detectron2_defaults
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -27,7 +23,6 @@ from detectron2.data import (
 )
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.engine import DefaultPredictor, DefaultTrainer
-from detectron2.engine import launch as detectron2_launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
@@ -37,14 +32,15 @@ from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
 from .modeling.speedups import apply_speedups
 
-__all__ = ["Predictor", "Trainer", "launch"]
-
-_TIMEOUT = timedelta(minutes=30)
+__all__ = ["Predictor", "Trainer"]
 
 
 @contextlib.contextmanager
 def _cpu_aware_ddp():
-    """While active, Detectron2's create_ddp_model leaves ``device_ids`` unset for CPU models."""
+    """While active, Detectron2's create_ddp_model leaves ``device_ids`` unset for CPU models.
+
+    Detectron2 offers no hook for this: DefaultTrainer.__init__ calls the module's
+    create_ddp_model directly (v0.6 and upstream), so it is replaced for that call only."""
     original = detectron2_defaults.create_ddp_model
 
     def create_ddp_model(model, **kwargs):
@@ -159,54 +155,3 @@ class Predictor(DefaultPredictor):
         SafeCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
-
-
-def launch(main_func, processes_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
-           dist_url: str | None = None, args: tuple = ()):
-    """Run ``main_func(*args)`` in ``processes_per_machine`` processes on each machine.
-
-    With CUDA, this is Detectron2's launch (one process per GPU, NCCL). Without, the processes
-    run on the CPU and talk through gloo; ``dist_url`` is as for Detectron2 (``tcp://host:port``
-    of machine 0).
-    """
-    if torch.cuda.is_available():
-        return detectron2_launch(main_func, processes_per_machine, num_machines, machine_rank,
-                                 dist_url, args)
-    world_size = processes_per_machine * num_machines
-    if world_size <= 1:
-        return main_func(*args)
-    if dist_url is None or dist_url == "auto":
-        if num_machines > 1:
-            raise ValueError("--dist-url is required with several machines")
-        dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    mp.start_processes(
-        _cpu_worker,
-        nprocs=processes_per_machine,
-        args=(main_func, world_size, processes_per_machine, machine_rank, dist_url, args),
-        start_method="spawn",
-    )
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _cpu_worker(local_rank, main_func, world_size, processes_per_machine, machine_rank, dist_url,
-                args):
-    rank = machine_rank * processes_per_machine + local_rank
-    dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank,
-                            timeout=_TIMEOUT)
-    # Detectron2 keeps the group of processes on this machine (for its local rank and size).
-    for machine in range(world_size // processes_per_machine):
-        ranks = list(range(machine * processes_per_machine, (machine + 1) * processes_per_machine))
-        group = dist.new_group(ranks)
-        if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
-    comm.synchronize()
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()

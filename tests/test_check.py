@@ -1,8 +1,12 @@
-"""`python -m mask_rcnn_ext.check` passes here and says what is broken when something is."""
+"""`python -m mask_rcnn_ext.check` and `python -m detectron2_compat.check` pass here and say what
+is broken when something is."""
 
 import subprocess
 import sys
 
+import pytest
+
+from detectron2_compat import check as compat_check
 from mask_rcnn_ext import check
 
 
@@ -27,11 +31,21 @@ def test_check_fails_when_detectron2_does_not_import(tmp_path):
     assert "needs a working Detectron2" in message and "make setup" in message
 
 
-def test_check_fails_and_names_a_broken_op(monkeypatch, capsys):
+def test_compat_check_passes_on_its_own():
+    result = subprocess.run([sys.executable, "-m", "detectron2_compat.check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for expected in ("detectron2: ", "CUDA: ", "box_iou_rotated: ok", "all checks passed"):
+        assert expected in result.stdout
+    assert "registered by mask_rcnn_ext" not in result.stdout
+
+
+@pytest.mark.parametrize("main", [check.main, compat_check.main], ids=["plugin", "compat"])
+def test_check_fails_and_names_a_broken_op(main, monkeypatch, capsys):
     def broken():
         raise AssertionError("wrong answer")
 
-    monkeypatch.setattr(check, "CHECKS", {"some op": broken})
-    assert check.main() == 1
+    monkeypatch.setattr(compat_check, "CHECKS", {"some op": broken})
+    assert main() == 1
     output = capsys.readouterr().out
     assert "some op: FAILED" in output and "wrong answer" in output and "BROKEN" in output

@@ -11,6 +11,7 @@ from pathlib import Path
 import detectron2
 import numpy as np
 import pytest
+import torch
 from detectron2 import _C
 from PIL import Image
 
@@ -164,3 +165,22 @@ def test_map_dataset_draws_another_item_when_the_mapper_skips_one():
     dataset = MapDataset(list(range(6)), lambda item: None if item % 2 else item)
     drawn = [dataset[index] for index in range(6)]
     assert drawn[0::2] == [0, 2, 4] and all(item in (0, 2, 4) for item in drawn[1::2])
+
+
+def _report_ranks(folder):
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    ranks = comm.all_gather(comm.get_rank())
+    (folder / f"rank{comm.get_rank()}.txt").write_text(
+        f"{dist.get_backend()} {comm.get_local_rank()} {comm.get_local_size()} {ranks}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="without a GPU only: with one it is NCCL")
+def test_launch_runs_cpu_processes_over_gloo(tmp_path):
+    """launch-on-cpu-with-gloo: Detectron2's own launch starts 2 CPU processes that talk."""
+    from detectron2.engine import launch
+
+    launch(_report_ranks, 2, dist_url="auto", args=(tmp_path,))
+    reports = sorted(path.read_text() for path in tmp_path.glob("rank*.txt"))
+    assert reports == ["gloo 0 2 [0, 1]", "gloo 1 2 [0, 1]"]
