@@ -3,7 +3,8 @@ default COCOEvaluator, on the same Mask R-CNN-style predictions, in one process.
 
 The predictions are what Mask R-CNN gives COCOEvaluator: per image, 100 detections (boxes, scores,
 classes, full-image bool masks, as DETECTIONS_PER_IMAGE = 100 and a low score threshold give),
-about three near each of 2-11 ground-truth objects and the rest scattered, on 480 x 640 images.
+three near each of 2-11 ground-truth objects and the rest scattered, on 480 x 640 images
+(``mask_rcnn_ext.data.synthetic.evaluation_problem``).
 Each side runs process() on every image and then evaluate(); the AP of both is checked equal.
 A second table times the COCO API backends alone on the same detections (loadRes + evaluate +
 accumulate for bbox and segm): pycocotools' official COCOeval, Detectron2's COCOeval_opt (C++
@@ -22,73 +23,29 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.fast_eval_api import COCOeval_opt
-from detectron2.structures import Boxes, Instances
-from detectron2.structures.masks import polygons_to_bitmask
 
 from benchmarks.common import compare, environment, peak_memory, print_table, write_results
+from mask_rcnn_ext.data.synthetic import detections_to_instances, evaluation_problem
 from mask_rcnn_ext.evaluation import FastCOCOEvaluator
 
 HEIGHT, WIDTH, DETECTIONS, CATEGORIES = 480, 640, 100, 5
 TARGET = 0.5  # FastCOCOEvaluator / COCOEvaluator
 
 
-def _polygon(rng, x, y, size):
-    """A random convex-ish polygon of about ``size`` pixels across, at (x, y)."""
-    angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
-    radii = size / 2 * rng.uniform(0.6, 1.0, 7)
-    xs = np.clip(x + radii * np.cos(angles), 0, WIDTH - 1)
-    ys = np.clip(y + radii * np.sin(angles), 0, HEIGHT - 1)
-    return np.stack((xs, ys), 1).ravel().tolist()
-
-
 def make_problem(num_images: int, seed: int = 0):
-    """COCO ground truth (a dict) and, per image, Mask R-CNN-style ``Instances``."""
-    rng = np.random.default_rng(seed)
-    images, annotations, outputs = [], [], []
-    for image_id in range(1, num_images + 1):
-        images.append({"id": image_id, "width": WIDTH, "height": HEIGHT,
-                       "file_name": f"{image_id}.png"})
-        objects = []  # (polygon, size, category)
-        for _ in range(rng.integers(2, 12)):
-            size = float(np.exp(rng.uniform(np.log(12), np.log(300))))
-            x, y = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT)
-            category = int(rng.integers(1, CATEGORIES + 1))
-            polygon = _polygon(rng, x, y, size)
-            xs, ys = polygon[0::2], polygon[1::2]
-            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": category, "bbox": box, "area": box[2] * box[3],
-                                "segmentation": [polygon], "iscrowd": 0})
-            objects.append((polygon, size, category))
-        polygons, classes = [], []
-        for index in range(DETECTIONS):
-            if index < 3 * len(objects):  # the object's outline, shifted
-                polygon, size, category = objects[index % len(objects)]
-                points = np.reshape(polygon, (-1, 2)) + rng.normal(0, size / 12, 2)
-                points = points.clip(0, (WIDTH - 1, HEIGHT - 1))
-                polygons.append(points.ravel().tolist())
-            else:
-                size = float(np.exp(rng.uniform(np.log(12), np.log(150))))
-                category = int(rng.integers(1, CATEGORIES + 1))
-                polygons.append(_polygon(rng, rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), size))
-            classes.append(category - 1)
-        instances = Instances((HEIGHT, WIDTH))
-        boxes = [[min(p[0::2]), min(p[1::2]), max(p[0::2]), max(p[1::2])] for p in polygons]
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-        instances.scores = torch.from_numpy(rng.uniform(0.05, 1, DETECTIONS).astype(np.float32))
-        instances.pred_classes = torch.tensor(classes)
-        instances.pred_masks = torch.from_numpy(
-            np.stack([polygons_to_bitmask([p], HEIGHT, WIDTH) for p in polygons]))
-        outputs.append(({"image_id": image_id}, {"instances": instances}))
-    ground_truth = {"images": images, "annotations": annotations,
-                    "categories": [{"id": k, "name": f"class{k}"}
-                                   for k in range(1, CATEGORIES + 1)]}
+    """COCO ground truth (a dict) and, per image, (inputs, outputs) as Mask R-CNN gives them."""
+    ground_truth, detections = evaluation_problem(
+        num_images, seed, image_size=(HEIGHT, WIDTH), num_categories=CATEGORIES,
+        objects_per_image=(2, 11), object_sizes=(12.0, 300.0), crowd_fraction=0.0,
+        detections_per_object=(3, 3), detections_per_image=DETECTIONS)
+    identity = {k: k - 1 for k in range(1, CATEGORIES + 1)}
+    outputs = [({"image_id": image["id"]},
+                {"instances": detections_to_instances(image, detections, identity)})
+               for image in ground_truth["images"]]
     return ground_truth, outputs
 
 

@@ -9,7 +9,6 @@ random weights with identity frozen batch norm overflow in a ResNet-50.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -20,6 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 
 from mask_rcnn_ext import load_config
+from mask_rcnn_ext.data import synthetic
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = {
@@ -32,15 +32,6 @@ STOCK_HEADS = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads",
                "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
 
 
-def synthetic_generator():
-    """The project's synthetic data generator module (datasets/prepare_synthetic.py)."""
-    spec = importlib.util.spec_from_file_location("prepare_synthetic",
-                                                  ROOT / "datasets" / "prepare_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def config(name: str, stock: bool, device: str = "cpu", overrides: list | None = None):
     """The benchmark config ``name`` (a key of CONFIGS) with stock or mask_rcnn_ext heads."""
     return load_config(str(CONFIGS[name]), [
@@ -51,11 +42,10 @@ def config(name: str, stock: bool, device: str = "cpu", overrides: list | None =
 def synthetic_images(count: int, size: tuple[int, int], seed: int = 0):
     """``count`` synthetic images (BGR uint8, ``size`` = (H, W)) and their objects (class index,
     list of polygons in pixels), scaled up from the generator's 256 x 320."""
-    generator = synthetic_generator()
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(count):
-        image, objects = generator.make_image(rng)
+        image, objects = synthetic.make_image(rng)
         scale_y, scale_x = size[0] / image.shape[0], size[1] / image.shape[1]
         image = cv2.resize(image[:, :, ::-1], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         scaled = [(obj["category"], [np.asarray(part.exterior.coords[:-1]) * (scale_x, scale_y)

@@ -1,16 +1,10 @@
-"""Shared fixtures: a tiny synthetic COCO-format data set written to disk and registered, and a
-small Mask R-CNN config."""
+"""Shared fixtures: a tiny synthetic COCO-format data set written to disk and registered."""
 
 import uuid
 
 import pytest
-from detectron2.config import get_cfg
 
-from benchmarks.models import synthetic_generator
-from mask_rcnn_ext import add_mask_rcnn_ext_config
-
-# The project's synthetic data generator (datasets/prepare_synthetic.py), for tests that need data.
-prepare_synthetic = synthetic_generator()
+from mask_rcnn_ext.data import synthetic
 
 
 @pytest.fixture
@@ -20,58 +14,9 @@ def tiny_coco_dataset(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    json_path = prepare_synthetic.write_split(tmp_path, "train", 4, seed=0)
+    json_path = synthetic.write_split(tmp_path, "train", 4, seed=0)
     name = f"tiny_coco_{uuid.uuid4().hex[:8]}"
     register_coco_instances(name, {}, str(json_path), str(tmp_path / "train"))
     yield name
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
-
-
-def small_mask_rcnn_cfg(dataset_name="", output_dir="", depth=50):
-    """Stock Mask R-CNN, R-FPN with group norm (random weights stay finite), small CPU inputs;
-    mask_rcnn_ext's keys are added with their (stock) defaults."""
-    cfg = add_mask_rcnn_ext_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MASK_ON = True
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    # Random weights with frozen batch norm overflow; group norm keeps activations finite.
-    cfg.MODEL.RESNETS.NORM = "GN"
-    cfg.MODEL.FPN.NORM = "GN"
-    cfg.MODEL.RESNETS.DEPTH = depth
-    if depth < 50:
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
-    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 200
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 100
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(prepare_synthetic.CATEGORIES)
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
-    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
-    cfg.DATASETS.TRAIN = (dataset_name,) if dataset_name else ()
-    cfg.DATASETS.TEST = ()
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
-    cfg.INPUT.MAX_SIZE_TRAIN = 96
-    cfg.INPUT.MIN_SIZE_TEST = 64
-    cfg.INPUT.MAX_SIZE_TEST = 96
-    cfg.SOLVER.IMS_PER_BATCH = 2
-    cfg.SOLVER.BASE_LR = 0.001
-    cfg.SOLVER.MAX_ITER = 2
-    cfg.SOLVER.CHECKPOINT_PERIOD = 1
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.OUTPUT_DIR = str(output_dir)
-    return cfg

@@ -121,7 +121,7 @@ def test_deterministic_gradients_are_bit_identical(pooler_type):
 def test_amp_training_without_a_gpu_fails_first_naming_the_key(tiny_coco_dataset, tmp_path):
     """Detectron2 v0.6's AMPTrainer asserts CUDA only in its first step; our Trainer refuses
     before building anything, and names the key."""
-    from conftest import small_mask_rcnn_cfg
+    from helpers import small_mask_rcnn_cfg
     from mask_rcnn_ext.engine import Trainer
 
     cfg = small_mask_rcnn_cfg(tiny_coco_dataset, tmp_path / "output", depth=18)

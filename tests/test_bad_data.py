@@ -14,7 +14,8 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
 
-from conftest import prepare_synthetic, small_mask_rcnn_cfg
+from helpers import small_mask_rcnn_cfg
+from mask_rcnn_ext.data import synthetic
 from mask_rcnn_ext.data.annotations import drop_degenerate_annotations
 from mask_rcnn_ext.data.mapper import ImageCheckingMapper, UnreadableImageError, read_image_or_raise
 
@@ -66,7 +67,7 @@ def test_degenerate_annotations_are_dropped_and_counted(caplog):
 def flawed_dataset(tmp_path):
     """A 4-image synthetic set in which image 0 also carries degenerate annotations, image 1 has
     nothing else, image 2 is truncated and image 3 is not an image at all."""
-    json_path = prepare_synthetic.write_split(tmp_path, "train", 4, seed=0)
+    json_path = synthetic.write_split(tmp_path, "train", 4, seed=0)
     data = json.loads(json_path.read_text())
     images = {image["id"]: image for image in data["images"]}
     first, second, third, fourth = sorted(images)

@@ -7,7 +7,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from conftest import small_mask_rcnn_cfg
+from helpers import small_mask_rcnn_cfg
 from mask_rcnn_ext import checkpoint as checkpoint_module
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
 

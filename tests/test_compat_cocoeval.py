@@ -9,13 +9,14 @@ from detectron2.evaluation.fast_eval_api import COCOeval_opt
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from coco_problems import evaluate, random_problem, registered, to_instances
+from helpers import evaluate, registered
+from mask_rcnn_ext.data.synthetic import detections_to_instances, evaluation_problem
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 @pytest.mark.parametrize("use_cats", [1, 0])
 def test_fast_cocoeval_equals_pycocotools(iou_type, use_cats):
-    dataset, detections = random_problem(seed=0)
+    dataset, detections = evaluation_problem(15, seed=0)
     ground_truth = COCO()
     ground_truth.dataset = dataset
     ground_truth.createIndex()
@@ -31,15 +32,15 @@ def test_coco_evaluator_with_default_arguments(tmp_path):
     from detectron2.data import MetadataCatalog
     from detectron2.evaluation import COCOEvaluator
 
-    dataset, detections = random_problem(seed=1, num_images=8)
+    dataset, detections = evaluation_problem(8, seed=1)
     name = "mask_rcnn_ext_test_cocoeval"
     with registered(dataset, tmp_path, name) as json_file:
         evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "eval"))
         evaluator.reset()
         contiguous = MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id
         for image in dataset["images"]:
-            evaluator.process([{"image_id": image["id"]}],
-                              [{"instances": to_instances(image, detections, contiguous)}])
+            instances = detections_to_instances(image, detections, contiguous)
+            evaluator.process([{"image_id": image["id"]}], [{"instances": instances}])
         results = evaluator.evaluate()
     # Reference: pycocotools on the predictions the evaluator wrote (rasterised masks as RLE).
     written = json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())

@@ -12,8 +12,9 @@ import torch
 from detectron2 import _C
 from pycocotools.coco import COCO
 
-from coco_problems import evaluate, random_problem
 from detectron2_compat import extension
+from helpers import evaluate
+from mask_rcnn_ext.data.synthetic import evaluation_problem
 
 pytestmark = pytest.mark.skipif(
     getattr(_C, "IS_COMPAT_LAYER", False), reason="needs a compiled Detectron2 to compare with"
@@ -65,7 +66,7 @@ def test_roi_align_rotated_equals_compiled(sampling_ratio):
 def test_fast_cocoeval_equals_compiled(monkeypatch):
     from detectron2.evaluation import fast_eval_api
 
-    dataset, detections = random_problem(seed=6)
+    dataset, detections = evaluation_problem(15, seed=6)
     ground_truth = COCO()
     ground_truth.dataset = dataset
     ground_truth.createIndex()

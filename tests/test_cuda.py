@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.structures import Boxes
 
-from conftest import small_mask_rcnn_cfg
+from helpers import small_mask_rcnn_cfg
 from mask_rcnn_ext.modeling import ROIPooler
 from test_poolers import SCALES, _box_lists, _pyramid
 

@@ -12,7 +12,8 @@ from detectron2.evaluation import COCOEvaluator
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from coco_problems import evaluate, random_problem, registered, to_instances
+from helpers import evaluate, registered
+from mask_rcnn_ext.data.synthetic import detections_to_instances, evaluation_problem
 from mask_rcnn_ext.evaluation import FastCOCOEvaluator, encode_masks
 
 
@@ -59,7 +60,7 @@ def test_mask_encoding_of_pasted_masks_in_non_contiguous_memory():
 
 @pytest.fixture
 def registered_problem(tmp_path):
-    dataset, detections = random_problem(seed=3, num_images=12)
+    dataset, detections = evaluation_problem(12, seed=3)
     name = "mask_rcnn_ext_test_fast_evaluator"
     with registered(dataset, tmp_path, name) as json_file:
         yield name, dataset, detections, json_file
@@ -70,7 +71,7 @@ def _run(evaluator, dataset, detections):
     evaluator.reset()
     for image in dataset["images"]:
         evaluator.process([{"image_id": image["id"]}],
-                          [{"instances": to_instances(image, detections, contiguous)}])
+                          [{"instances": detections_to_instances(image, detections, contiguous)}])
     return evaluator.evaluate()
 
 

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from conftest import small_mask_rcnn_cfg
+from helpers import small_mask_rcnn_cfg
 from mask_rcnn_ext import add_mask_rcnn_ext_config, load_config
 from mask_rcnn_ext.modeling import (
     POOLER_REGISTRY,

@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
 from benchmarks.models import calibrated_model, synthetic_images, training_batch
-from conftest import small_mask_rcnn_cfg
+from helpers import small_mask_rcnn_cfg
 from mask_rcnn_ext.modeling.speedups import (
     FoldedFrozenBNConv2d,
     apply_speedups,

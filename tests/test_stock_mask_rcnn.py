@@ -6,7 +6,7 @@ import torch
 from detectron2.engine import DefaultPredictor, DefaultTrainer
 from PIL import Image
 
-from conftest import small_mask_rcnn_cfg
+from helpers import small_mask_rcnn_cfg
 
 
 def test_stock_mask_rcnn_trains_resumes_and_predicts(tiny_coco_dataset, tmp_path):

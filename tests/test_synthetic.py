@@ -1,5 +1,5 @@
-"""datasets/prepare_synthetic.py: deterministic, exact, hole-free visible masks; and the builtin
-registration of synthetic_train / synthetic_val."""
+"""mask_rcnn_ext.data.synthetic: a deterministic data set with exact, hole-free visible masks; the
+builtin registration of synthetic_train / synthetic_val; the evaluation problems."""
 
 import itertools
 import json
@@ -11,14 +11,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from shapely.geometry import Polygon
 
-from conftest import prepare_synthetic
-from mask_rcnn_ext.data import register_synthetic
+from mask_rcnn_ext.data import register_synthetic, synthetic
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic_root") / "synthetic"
-    prepare_synthetic.main(["--root", str(root), "--train", "12", "--val", "4", "--seed", "3"])
+    synthetic.main(["--root", str(root), "--train", "12", "--val", "4", "--seed", "3"])
     return root
 
 
@@ -28,14 +27,14 @@ def _polygons(annotation):
 
 def test_same_seed_same_files(synthetic_root, tmp_path):
     again = tmp_path / "synthetic"
-    prepare_synthetic.main(["--root", str(again), "--train", "12", "--val", "4", "--seed", "3"])
+    synthetic.main(["--root", str(again), "--train", "12", "--val", "4", "--seed", "3"])
     for relative in ("annotations/instances_train.json", "train/000005.png", "val/000003.png"):
         assert (again / relative).read_bytes() == (synthetic_root / relative).read_bytes()
 
 
 def test_annotations_are_exact_visible_regions(synthetic_root):
     data = json.loads((synthetic_root / "annotations" / "instances_train.json").read_text())
-    assert {c["name"] for c in data["categories"]} == set(prepare_synthetic.CATEGORIES)
+    assert {c["name"] for c in data["categories"]} == set(synthetic.CATEGORIES)
     by_image = {}
     for annotation in data["annotations"]:
         by_image.setdefault(annotation["image_id"], []).append(annotation)
@@ -79,7 +78,7 @@ def test_builtin_names_read_the_generated_files(synthetic_root, monkeypatch):
         dicts = DatasetCatalog.get("synthetic_val")
         assert len(dicts) == 4 and all(d["annotations"] for d in dicts)
         assert MetadataCatalog.get("synthetic_val").thing_classes == list(
-            prepare_synthetic.CATEGORIES)
+            synthetic.CATEGORIES)
     finally:
         register_synthetic()  # back to $DETECTRON2_DATASETS
 
@@ -108,3 +107,39 @@ def test_register_coco_format_names_missing_paths_and_loads(synthetic_root, tmp_
     finally:
         DatasetCatalog.remove("mine")
         MetadataCatalog.remove("mine")
+
+
+def test_module_and_script_write_the_same_set(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repository = Path(__file__).parents[1]
+    for folder, command in (("module", ["-m", "mask_rcnn_ext.data.synthetic"]),
+                            ("script", [str(repository / "datasets" / "prepare_synthetic.py")])):
+        subprocess.run([sys.executable, *command, "--root", str(tmp_path / folder), "--train",
+                        "2", "--val", "1"], check=True, capture_output=True)
+    for relative in ("annotations/instances_train.json", "annotations/instances_val.json",
+                     "train/000001.png", "val/000000.png"):
+        assert (tmp_path / "module" / relative).read_bytes() == \
+            (tmp_path / "script" / relative).read_bytes(), relative
+
+
+def test_evaluation_problems_are_reproducible_and_consistent():
+    first = synthetic.evaluation_problem(20, seed=4, detections_per_image=7)
+    assert first == synthetic.evaluation_problem(20, seed=4, detections_per_image=7)
+    ground_truth, detections = first
+    assert ground_truth != synthetic.evaluation_problem(20, seed=5)[0]
+    per_image = {image["id"]: 0 for image in ground_truth["images"]}
+    for detection in detections:
+        per_image[detection["image_id"]] += 1
+    assert set(per_image.values()) == {7}
+    assert any(a["iscrowd"] for a in ground_truth["annotations"])
+    for item in ground_truth["annotations"] + detections:
+        points = np.reshape(item["segmentation"][0], (-1, 2))
+        x, y, w, h = item["bbox"]
+        np.testing.assert_allclose([x, y, x + w, y + h], [*points.min(0), *points.max(0)])
+        assert (points >= 0).all() and (points <= [119, 99]).all()
+    for annotation in ground_truth["annotations"]:
+        area = Polygon(np.reshape(annotation["segmentation"][0], (-1, 2))).area
+        assert annotation["area"] == pytest.approx(area)

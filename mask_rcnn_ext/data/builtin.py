@@ -1,7 +1,8 @@
 """The embedded synthetic data set, registered as ``synthetic_train`` and ``synthetic_val``.
 
 Its files live under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``, as
-Detectron2's builtin COCO names), written by ``datasets/prepare_synthetic.py``.
+Detectron2's builtin COCO names), written by ``python -m mask_rcnn_ext.data.synthetic``
+(:mod:`mask_rcnn_ext.data.synthetic`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def _load(name: str, json_file: Path, image_root: Path) -> list[dict]:
     if not json_file.is_file():
         raise FileNotFoundError(
             f"data set {name!r}: {json_file} does not exist. Generate the synthetic set with "
-            "`python datasets/prepare_synthetic.py` (or `make demo`), or point "
+            "`python -m mask_rcnn_ext.data.synthetic` (or `python datasets/prepare_synthetic.py`, "
+            "`make demo`), or point "
             "DETECTRON2_DATASETS at the folder that holds synthetic/."
         )
     return load_coco_json(str(json_file), str(image_root), name)

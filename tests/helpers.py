@@ -1,0 +1,89 @@
+"""Helpers shared by the tests: a small Mask R-CNN config, and COCO evaluation of the synthetic
+evaluation problems (``mask_rcnn_ext.data.synthetic.evaluation_problem``)."""
+
+import contextlib
+import copy
+import json
+
+from detectron2.config import get_cfg
+
+from mask_rcnn_ext import add_mask_rcnn_ext_config
+from mask_rcnn_ext.data import synthetic
+
+
+def small_mask_rcnn_cfg(dataset_name="", output_dir="", depth=50):
+    """Stock Mask R-CNN, R-FPN with group norm (random weights stay finite), small CPU inputs;
+    mask_rcnn_ext's keys are added with their (stock) defaults."""
+    cfg = add_mask_rcnn_ext_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    # Random weights with frozen batch norm overflow; group norm keeps activations finite.
+    cfg.MODEL.RESNETS.NORM = "GN"
+    cfg.MODEL.FPN.NORM = "GN"
+    cfg.MODEL.RESNETS.DEPTH = depth
+    if depth < 50:
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 100
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(synthetic.CATEGORIES)
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+    cfg.DATASETS.TRAIN = (dataset_name,) if dataset_name else ()
+    cfg.DATASETS.TEST = ()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 96
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MAX_SIZE_TEST = 96
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.BASE_LR = 0.001
+    cfg.SOLVER.MAX_ITER = 2
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.OUTPUT_DIR = str(output_dir)
+    return cfg
+
+
+def evaluate(evaluator_class, ground_truth, detections, iou_type, use_cats):
+    evaluator = evaluator_class(ground_truth, ground_truth.loadRes(copy.deepcopy(detections)),
+                                iou_type)
+    evaluator.params.useCats = use_cats
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return evaluator
+
+
+@contextlib.contextmanager
+def registered(dataset, folder, name):
+    """``dataset`` written to ``folder`` as COCO JSON and registered as ``name``, loaded once so
+    that its metadata holds the category-id mapping; unregistered afterwards. Yields the JSON
+    file's path."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    json_file = folder / "instances.json"
+    json_file.write_text(json.dumps(dataset))
+    register_coco_instances(name, {}, str(json_file), str(folder))
+    try:
+        DatasetCatalog.get(name)
+        yield json_file
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
