@@ -122,3 +122,30 @@ def roi_warp_by_resize(features, rois, output_size, scale):
         crop = features[int(b):int(b) + 1, :, ys:ye + 1, xs:xe + 1]
         pieces.append(interpolate(crop, size=output_size, mode="bilinear", align_corners=False))
     return torch.cat(pieces)
+
+
+def roi_pool_quantised(features, rois, output_size, scale):
+    """Fast R-CNN's RoIPool, written out: the box rounded to whole feature pixels (half away from
+    zero) and at least 1 x 1; bin p covers rows [floor(p h), ceil((p + 1) h)) of it (h = box
+    height / P), clipped to the map; the bin's maximum, or 0 if it is empty."""
+    import torch
+
+    def to_pixel(value):
+        return int(math.copysign(math.floor(abs(value * scale) + 0.5), value * scale))
+
+    pooled_h, pooled_w = output_size
+    height, width = features.shape[-2:]
+    output = torch.zeros(len(rois), features.shape[1], pooled_h, pooled_w, dtype=torch.float64)
+    for k, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        x1, y1, x2, y2 = (to_pixel(v) for v in (x1, y1, x2, y2))
+        bin_h, bin_w = max(y2 - y1 + 1, 1) / pooled_h, max(x2 - x1 + 1, 1) / pooled_w
+        for p in range(pooled_h):
+            rows = range(max(math.floor(p * bin_h) + y1, 0),
+                         min(math.ceil((p + 1) * bin_h) + y1, height))
+            for q in range(pooled_w):
+                cols = range(max(math.floor(q * bin_w) + x1, 0),
+                             min(math.ceil((q + 1) * bin_w) + x1, width))
+                if rows and cols:
+                    window = features[int(b), :, rows.start:rows.stop, cols.start:cols.stop]
+                    output[k, :, p, q] = window.double().amax(dim=(1, 2))
+    return output

@@ -16,7 +16,7 @@ from torchvision.ops import roi_align as torchvision_roi_align
 
 import reference_ops
 from mask_rcnn_ext import layers
-from mask_rcnn_ext.layers.roi_align import as_rois, scaled_boxes
+from mask_rcnn_ext.layers._utils import as_rois, scaled_boxes
 from mask_rcnn_ext.layers.roi_warp import _quantise
 
 KERNELS = Path(layers.__file__).parent / "triton_roi_pool.py"

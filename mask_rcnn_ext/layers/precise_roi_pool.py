@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from ._utils import as_rois, scaled_boxes
 from .backends import Backend, choose_backend, full_precision, triton_ops
-from .roi_align import as_rois, scaled_boxes
 from .separable import AxisWeights, pool_separable, window_pixels
 
 __all__ = ["precise_roi_pool", "PreciseROIPool"]

@@ -13,8 +13,8 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
+from ._utils import ScaledRoIModule, as_rois
 from .backends import full_precision
-from .roi_align import ScaledRoIModule, as_rois
 
 __all__ = ["roi_pool", "ROIPool"]
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
+from ._utils import ScaledRoIModule, as_rois
 from .backends import Backend, choose_backend, full_precision, triton_ops
-from .roi_align import ScaledRoIModule, as_rois
 from .separable import AxisWeights, hat, pool_separable, window_pixels
 
 __all__ = ["roi_warp", "ROIWarp"]

@@ -1,0 +1,118 @@
+"""Every pooler type as torchvision tests its RoI ops (its RoIOpTester): each case on every device
+(CPU; CUDA when present), in float64, float32, float16 and bfloat16, with contiguous and
+channels-last features, against an independent float64 reference; gradients by finite
+differences in float64, and every other dtype, device and layout against that gradient."""
+
+import functools
+
+import pytest
+import torch
+from torchvision.ops import roi_align as torchvision_roi_align
+
+import reference_ops
+from mask_rcnn_ext.modeling import POOLER_REGISTRY
+
+OUTPUT_SIZE, SCALE, SAMPLING_RATIO = (3, 4), 0.5, 2
+POOLER_TYPES = ("ROIAlign", "ROIAlignV2", "ROIAlignMax", "PreciseROIPool", "ROIWarp", "ROIPool")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+# (atol, rtol) of each dtype against the float64 reference of the same (rounded) features.
+TOLERANCES = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5),
+              torch.float16: (5e-3, 5e-3), torch.bfloat16: (4e-2, 4e-2)}
+# Boxes in image pixels (scale 0.5 -> a 10 x 13 map), over 2 images.
+BOXES = torch.tensor([
+    [0, 4.2, 6.6, 17.9, 14.3],      # ordinary
+    [1, -5.0, -3.0, 7.0, 9.5],      # partly outside (top left)
+    [0, 15.0, 11.0, 29.0, 24.0],    # partly outside (bottom right)
+    [1, 40.0, 40.0, 50.0, 50.0],    # wholly outside
+    [0, 10.1, 10.2, 10.6, 10.5],    # sub-pixel
+    [1, -20.0, -20.0, 60.0, 50.0],  # huge
+    [0, 8.0, 8.0, 8.0, 8.0],        # empty
+], dtype=torch.float64)
+
+
+def _features(dtype: torch.dtype) -> torch.Tensor:
+    """Random features, rounded to ``dtype`` (so that the reference sees the same values)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, 10, 13, generator=generator, dtype=torch.float64).to(dtype)
+
+
+@functools.cache
+def _reference(pooler_type: str, dtype: torch.dtype) -> torch.Tensor:
+    features = _features(dtype).double()
+    if pooler_type in ("ROIAlign", "ROIAlignV2"):
+        return torchvision_roi_align(features, BOXES, OUTPUT_SIZE, SCALE, SAMPLING_RATIO,
+                                     aligned=pooler_type == "ROIAlignV2")
+    if pooler_type == "ROIAlignMax":
+        return reference_ops.roi_align_max(features, BOXES, OUTPUT_SIZE, SCALE, SAMPLING_RATIO,
+                                           aligned=True)
+    if pooler_type == "PreciseROIPool":
+        return reference_ops.precise_pool_numerical(features, BOXES, OUTPUT_SIZE, SCALE,
+                                                    aligned=True)
+    if pooler_type == "ROIWarp":
+        return reference_ops.roi_warp_by_resize(features, BOXES, OUTPUT_SIZE, SCALE)
+    return reference_ops.roi_pool_quantised(features, BOXES, OUTPUT_SIZE, SCALE)
+
+
+def _op(pooler_type: str):
+    return POOLER_REGISTRY.get(pooler_type)(OUTPUT_SIZE, SCALE, SAMPLING_RATIO)
+
+
+def _layout(features: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return features.contiguous(memory_format=torch.channels_last) if channels_last else features
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+def test_forward_equals_reference(pooler_type, device, dtype, channels_last):
+    features = _layout(_features(dtype).to(device), channels_last)
+    boxes = BOXES.to(device, torch.float32 if dtype != torch.float64 else dtype)
+    output = _op(pooler_type)(features, boxes)
+    assert output.dtype == dtype and output.device.type == device
+    atol, rtol = TOLERANCES[dtype]
+    if pooler_type == "PreciseROIPool":  # the reference integrates numerically, to 5e-6
+        atol = max(atol, 5e-6)
+    torch.testing.assert_close(output.cpu().double(), _reference(pooler_type, dtype),
+                               atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+def test_float64_gradient_equals_finite_differences(pooler_type, channels_last):
+    features = _layout(_features(torch.float64), channels_last).requires_grad_(True)
+    op = _op(pooler_type)
+    assert torch.autograd.gradcheck(lambda f: op(f, BOXES), (features,), fast_mode=True)
+
+
+@functools.cache
+def _reference_gradient(pooler_type: str, dtype: torch.dtype) -> torch.Tensor:
+    """The float64 gradient (checked by finite differences above) of the summed output weighted
+    by a fixed random tensor, at the features rounded to ``dtype``."""
+    features = _features(dtype).double().requires_grad_(True)
+    output = _op(pooler_type)(features, BOXES)
+    (gradient,) = torch.autograd.grad(output, features, _output_weights(output.shape))
+    return gradient
+
+
+def _output_weights(shape) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+def test_backward_equals_float64_gradient(pooler_type, device, dtype, channels_last):
+    features = _layout(_features(dtype).to(device), channels_last).requires_grad_(True)
+    output = _op(pooler_type)(features, BOXES.to(device, torch.float32))
+    weights = _output_weights(output.shape).to(device, dtype)
+    (gradient,) = torch.autograd.grad(output, features, weights)
+    assert gradient.dtype == dtype and gradient.shape == features.shape
+    atol, rtol = TOLERANCES[dtype]
+    # A pixel's gradient sums the weights of every sample that reads it: allow for that many
+    # roundings of the weights in low precision.
+    torch.testing.assert_close(gradient.cpu().double(), _reference_gradient(pooler_type, dtype),
+                               atol=4 * atol, rtol=rtol)
