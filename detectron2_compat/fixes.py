@@ -113,7 +113,10 @@ FIXES: tuple[Fix, ...] = (
         name="launch-on-cpu-with-gloo",
         why="v0.6's launch asserts CUDA in each worker and always uses NCCL, so multi-process "
         "training on a CPU-only machine fails. Upstream Detectron2 has since used gloo when no GPU "
-        "is present (commit b4b6cc9, 'Support launch() on CPU machines'); this is that behaviour.",
+        "is present (commit b4b6cc9, 'Support launch() on CPU machines'); this is that behaviour. "
+        "Each worker also destroys its process group when main_func returns: a gloo process that "
+        "exits with a live group can abort in its exit (SIGABRT, 'terminate called without an "
+        "active exception'; PyTorch issue 190489), failing a finished run.",
         edits=(
             Edit(
                 _LAUNCH,
@@ -129,6 +132,12 @@ FIXES: tuple[Fix, ...] = (
                 "    if has_gpu:\n"
                 "        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
                 "        torch.cuda.set_device(local_rank)\n",
+            ),
+            Edit(
+                _LAUNCH,
+                "    comm.synchronize()\n\n    main_func(*args)\n",
+                "    comm.synchronize()\n\n    main_func(*args)\n    if dist.is_initialized():\n"
+                "        dist.destroy_process_group()\n",
             ),
         ),
     ),
