@@ -392,3 +392,15 @@ def test_keypoint_branch_is_stock_and_takes_registry_poolers():
     maximum = build_model(_keypoint_cfg("MaskRCNNExtROIHeads", "ROIAlignMax"))
     level = maximum.roi_heads.keypoint_pooler.level_poolers[0]
     assert repr(level) == repr(POOLER_REGISTRY.get("ROIAlignMax")((14, 14), 1 / 4, 0))
+
+
+def test_a_seed_gives_stock_initial_weights():
+    """With the defaults, our heads draw their initial weights as stock Detectron2's do."""
+    cfg = small_mask_rcnn_cfg(depth=18)
+    torch.manual_seed(7)
+    stock = build_model(cfg).state_dict()
+    torch.manual_seed(7)
+    ours = build_model(_ext(cfg)).state_dict()
+    assert set(ours) == set(stock)
+    for key, value in stock.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=0, msg=key)

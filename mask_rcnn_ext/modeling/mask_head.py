@@ -100,6 +100,13 @@ def mask_probabilities(logits: Tensor, classes: Tensor, loss: str) -> Tensor:
     return logits[index, channel].sigmoid()
 
 
+def _init_predictor(layer: nn.Module) -> None:
+    """Initialise ``layer`` as Detectron2 initialises its mask predictor (after the other layers,
+    as Detectron2 does, so that a seed gives stock Detectron2's initial weights)."""
+    nn.init.normal_(layer.weight, std=0.001)
+    nn.init.constant_(layer.bias, 0)
+
+
 class MaskHeadBase(BaseMaskRCNNHead):
     """What the FCN and MLP heads share: (N, C, P, P) pooled features -> (N, K or K + 1, R, R)
     mask logits through the subclass's ``layers``, trained with the sigmoid or softmax loss."""
@@ -197,8 +204,7 @@ class MaskRCNNFCNHead(MaskHeadBase):
         self.predictor = Conv2d(channels, out_channels, kernel_size=1)
         for layer in self.convs + self.upsamples:
             weight_init.c2_msra_fill(layer)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.constant_(self.predictor.bias, 0)
+        _init_predictor(self.predictor)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -236,8 +242,7 @@ class MaskRCNNMLPHead(MaskHeadBase):
         self.predictor = nn.Linear(mlp_dim, out_channels * self.output_side ** 2)
         for layer in (self.mask_fc1, self.mask_fc2):
             weight_init.c2_xavier_fill(layer)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.constant_(self.predictor.bias, 0)
+        _init_predictor(self.predictor)
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -45,6 +45,15 @@ def _pooler_and_input(head_cfg, in_features: list[str], input_shape: dict[str, S
     return pooler, ShapeSpec(channels=channels.pop(), height=side, width=side)
 
 
+def _branch(name: str, head_cfg, build_head, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+    """StandardROIHeads' arguments for branch ``name`` ("box", "mask", "keypoint"): its input
+    features, its registry pooler and its head, built by ``build_head(cfg, input)``."""
+    in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+    pooler, pooled = _pooler_and_input(head_cfg, in_features, input_shape)
+    return {f"{name}_in_features": in_features, f"{name}_pooler": pooler,
+            f"{name}_head": build_head(cfg, pooled)}
+
+
 @ROI_HEADS_REGISTRY.register()
 class MaskRCNNExtROIHeads(StandardROIHeads):
     """StandardROIHeads with poolers from :data:`POOLER_REGISTRY` in every branch.
@@ -61,31 +70,24 @@ class MaskRCNNExtROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
-        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         if not cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE:
             raise ValueError("MODEL.ROI_BOX_HEAD.POOLER_TYPE is empty; the box head needs one")
-        pooler, pooled = _pooler_and_input(cfg.MODEL.ROI_BOX_HEAD, in_features, input_shape)
-        box_head = build_box_head(cfg, pooled)
-        return {"box_in_features": in_features, "box_pooler": pooler, "box_head": box_head,
-                "box_predictor": FastRCNNOutputLayers(cfg, box_head.output_shape)}
+        ret = _branch("box", cfg.MODEL.ROI_BOX_HEAD, build_box_head, cfg, input_shape)
+        ret["box_predictor"] = FastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         if not cfg.MODEL.MASK_ON:
             return {}
-        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-        pooler, pooled = _pooler_and_input(cfg.MODEL.ROI_MASK_HEAD, in_features, input_shape)
-        return {"mask_in_features": in_features, "mask_pooler": pooler,
-                "mask_head": build_mask_head(cfg, pooled)}
+        return _branch("mask", cfg.MODEL.ROI_MASK_HEAD, build_mask_head, cfg, input_shape)
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
         if not cfg.MODEL.KEYPOINT_ON:
             return {}
-        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-        pooler, pooled = _pooler_and_input(cfg.MODEL.ROI_KEYPOINT_HEAD, in_features, input_shape)
-        return {"keypoint_in_features": in_features, "keypoint_pooler": pooler,
-                "keypoint_head": build_keypoint_head(cfg, pooled)}
+        return _branch("keypoint", cfg.MODEL.ROI_KEYPOINT_HEAD, build_keypoint_head, cfg,
+                       input_shape)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
