@@ -153,6 +153,40 @@ FIXES: tuple[Fix, ...] = (
             ),
         ),
     ),
+    Fix(
+        name="export-without-caffe2",
+        why="v0.6's detectron2.export imports its Caffe2 exporter at package import, and PyTorch "
+        "no longer ships Caffe2, so even TracingAdapter and scripting_with_instances could not be "
+        "imported. Upstream Detectron2 imports the Caffe2 parts only when Caffe2 is installed "
+        "(commit 48b598b, 'Add support for ONNX-only'); here the Caffe2 names also stay defined "
+        "and raise an error naming themselves when used.",
+        edits=(
+            Edit(
+                "detectron2/export/__init__.py",
+                "from .api import *\n",
+                "try:\n"
+                "    import caffe2.proto.caffe2_pb2  # noqa: F401\n"
+                "except ImportError:\n"
+                "    def _needs_caffe2(name):\n"
+                "        def unavailable(*args, **kwargs):\n"
+                "            raise ImportError(\n"
+                "                f'detectron2.export.{name} exports to Caffe2, which PyTorch '\n"
+                "                'no longer ships. Export with TracingAdapter + '\n"
+                "                'torch.jit.trace, scripting_with_instances, or '\n"
+                "                'torch.onnx.export on a traced TracingAdapter instead.')\n"
+                "        unavailable.__name__ = name\n"
+                "        return unavailable\n"
+                "\n"
+                "    add_export_config = _needs_caffe2('add_export_config')\n"
+                "    export_caffe2_model = _needs_caffe2('export_caffe2_model')\n"
+                "    Caffe2Model = _needs_caffe2('Caffe2Model')\n"
+                "    export_onnx_model = _needs_caffe2('export_onnx_model')\n"
+                "    Caffe2Tracer = _needs_caffe2('Caffe2Tracer')\n"
+                "else:\n"
+                "    from .api import *\n",
+            ),
+        ),
+    ),
 )
 
 # Written as detectron2/_C.py in place of the compiled extension.

@@ -184,3 +184,16 @@ def test_launch_runs_cpu_processes_over_gloo(tmp_path):
     launch(_report_ranks, 2, dist_url="auto", args=(tmp_path,))
     reports = sorted(path.read_text() for path in tmp_path.glob("rank*.txt"))
     assert reports == ["gloo 0 2 [0, 1]", "gloo 1 2 [0, 1]"]
+
+
+def test_export_imports_without_caffe2_and_its_caffe2_names_say_so():
+    """export-without-caffe2: TracingAdapter and scripting_with_instances import; the Caffe2
+    exporter's names raise an error naming themselves and the alternatives."""
+    import detectron2.export as export
+
+    assert callable(export.TracingAdapter) and callable(export.scripting_with_instances)
+    with pytest.raises(ImportError, match=r"detectron2\.export\.Caffe2Tracer exports to Caffe2.*"
+                                          r"TracingAdapter"):
+        export.Caffe2Tracer(None, None, None)
+    with pytest.raises(ImportError, match=r"export_caffe2_model"):
+        export.export_caffe2_model(None, None, None)

@@ -1,15 +1,19 @@
 """Every pooler type as torchvision tests its RoI ops (its RoIOpTester): each case on every device
 (CPU; CUDA when present), in float64, float32, float16 and bfloat16, with contiguous and
 channels-last features, against an independent float64 reference; gradients by finite
-differences in float64, and every other dtype, device and layout against that gradient."""
+differences in float64, and every other dtype, device and layout against that gradient. Then the
+export forms (traced, scripted, ONNX Runtime) of every type against the same references."""
 
 import functools
+import io
+from unittest import mock
 
 import pytest
 import torch
 from torchvision.ops import roi_align as torchvision_roi_align
 
 import reference_ops
+from mask_rcnn_ext.layers import traceable
 from mask_rcnn_ext.modeling import POOLER_REGISTRY
 
 OUTPUT_SIZE, SCALE, SAMPLING_RATIO = (3, 4), 0.5, 2
@@ -116,3 +120,59 @@ def test_backward_equals_float64_gradient(pooler_type, device, dtype, channels_l
     # roundings of the weights in low precision.
     torch.testing.assert_close(gradient.cpu().double(), _reference_gradient(pooler_type, dtype),
                                atol=4 * atol, rtol=rtol)
+
+
+# The export forms: traced on one map size and a few boxes, scripted, and exported to ONNX, each
+# run on the cases above (another map size, another number of boxes, none) against the same
+# references. Traced and scripted ops run mask_rcnn_ext.layers.traceable (or torchvision's ops).
+EXPORT_FORMS = ("traced", "scripted", "onnx")
+_TRACE_FEATURES = torch.randn(1, 3, 6, 7, generator=torch.Generator().manual_seed(2))
+_TRACE_BOXES = torch.tensor([[0, 1.0, 1.0, 5.0, 6.0], [0, 2.0, 0.5, 9.0, 4.0]])
+
+
+def _exported(pooler_type: str, form: str, dtype: torch.dtype):
+    """The op in ``form``, as a function (features, boxes) -> pooled features."""
+    op = _op(pooler_type)
+    example = (_TRACE_FEATURES.to(dtype), _TRACE_BOXES.to(dtype))
+    if form == "traced":
+        return torch.jit.trace(op, example)
+    if form == "scripted":
+        return torch.jit.script(op)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    buffer = io.BytesIO()
+    torch.onnx.export(op, example, buffer, opset_version=17, dynamo=False,
+                      input_names=["features", "boxes"],
+                      dynamic_axes={"features": [0, 2, 3], "boxes": [0]})
+    session = onnxruntime.InferenceSession(buffer.getvalue(),
+                                           providers=["CPUExecutionProvider"])
+    return lambda features, boxes: torch.from_numpy(session.run(
+        None, {"features": features.numpy(), "boxes": boxes.numpy()})[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("form", EXPORT_FORMS)
+@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+def test_export_forms_equal_reference(pooler_type, form, dtype):
+    if form == "onnx" and dtype == torch.float64:
+        pytest.skip("exported models run in float32")
+    op = _exported(pooler_type, form, dtype)
+    features = _features(dtype)
+    atol, rtol = TOLERANCES[dtype]
+    if pooler_type == "PreciseROIPool":
+        atol = max(atol, 5e-6)
+    torch.testing.assert_close(op(features, BOXES.to(dtype)).double(),
+                               _reference(pooler_type, dtype), atol=atol, rtol=rtol)
+    empty = op(features, BOXES[:0].to(dtype))
+    assert empty.shape == (0, features.shape[1], *OUTPUT_SIZE)
+
+
+def test_traced_op_runs_the_traceable_formulation_only_while_tracing():
+    """Eager speed is untouched: outside a trace the eager op runs (here, on CPU, separable)."""
+    op = _op("ROIAlignMax")
+    features = _features(torch.float32)
+    with mock.patch.object(traceable, "roi_align", wraps=traceable.roi_align) as traced:
+        op(features, BOXES.float())
+        assert traced.call_count == 0
+        torch.jit.trace(op, (_TRACE_FEATURES, _TRACE_BOXES))
+        assert traced.call_count > 0

@@ -16,8 +16,9 @@ from torchvision.ops import roi_align as torchvision_roi_align
 
 import reference_ops
 from mask_rcnn_ext import layers
-from mask_rcnn_ext.layers._utils import as_rois, scaled_boxes
-from mask_rcnn_ext.layers.roi_warp import _quantise
+from mask_rcnn_ext.layers._utils import as_rois
+from mask_rcnn_ext.layers.roi_warp import quantised_crop_extent
+from mask_rcnn_ext.layers.traceable import scaled_boxes
 
 KERNELS = Path(layers.__file__).parent / "triton_roi_pool.py"
 OUTPUT = (3, 4)
@@ -75,8 +76,8 @@ def _warp(kernels, features, boxes):
     rois = as_rois(boxes, features)
     height, width = features.shape[-2:]
     scaled = rois[:, 1:] * 0.5
-    start_y, length_y = _quantise(scaled[:, 1], scaled[:, 3], height)
-    start_x, length_x = _quantise(scaled[:, 0], scaled[:, 2], width)
+    start_y, length_y = quantised_crop_extent(scaled[:, 1], scaled[:, 3], height)
+    start_x, length_x = quantised_crop_extent(scaled[:, 0], scaled[:, 2], width)
     return kernels.roi_warp_triton(features, rois, OUTPUT, torch.stack((start_x, start_y), 1),
                                    torch.stack((length_x, length_y), 1))
 

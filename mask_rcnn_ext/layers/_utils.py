@@ -1,17 +1,19 @@
-"""What the RoI ops share: boxes in the ops' (K, 5) format, their extent on the feature map, and
-the module wrapper of the ops that have no options beyond output size and scale."""
+"""What the RoI ops share: boxes in the ops' (K, 5) format, and the module wrapper of the ops that
+have no options beyond output size and scale."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from . import traceable
 from .backends import compute_dtype
 
-__all__ = ["ScaledRoIModule", "as_rois", "scaled_boxes"]
+__all__ = ["ScaledRoIModule", "as_rois"]
 
 
 def as_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
@@ -39,21 +41,10 @@ def as_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
     return boxes.to(device=features.device, dtype=dtype)
 
 
-def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,
-                 legacy_min_size: bool) -> tuple[Tensor, Tensor]:
-    """(x, y) start and extent (K, 2) of each RoI in feature pixels: scaled, shifted by -0.5 if
-    ``aligned``; with ``legacy_min_size`` (unaligned RoIAlign) extents are at least 1 pixel."""
-    offset = 0.5 if aligned else 0.0
-    start = rois[:, 1:3] * spatial_scale - offset
-    extent = rois[:, 3:5] * spatial_scale - offset - start
-    if legacy_min_size and not aligned:
-        extent = extent.clamp(min=1.0)
-    return start, extent
-
-
 class ScaledRoIModule(nn.Module):
     """An RoI op ``op(input, boxes, output_size, spatial_scale)`` as a module whose ``forward``
-    takes (input, boxes); subclasses set ``op``."""
+    takes (input, boxes); subclasses set ``op`` and define ``scripted``, the op in its
+    :mod:`.traceable` formulation (TorchScript compiles no call through ``type(self)``)."""
 
     op: Callable[..., Tensor]
 
@@ -62,8 +53,14 @@ class ScaledRoIModule(nn.Module):
         self.output_size = _pair(output_size)
         self.spatial_scale = spatial_scale
 
-    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+    def forward(self, input: Tensor,
+                boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
+        if torch.jit.is_scripting():
+            return self.scripted(input, traceable.as_rois(boxes, input))
         return type(self).op(input, boxes, self.output_size, self.spatial_scale)
+
+    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} defines no scripted formulation")
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"

@@ -4,14 +4,14 @@ The op's name (``roi_align`` avg or max, ``precise_roi_pool``, ``roi_warp``) say
 computed; every implementation computes the same numbers (tested against the same references).
 This table says *which* one runs, by device and mode:
 
-================  ===========  ============  ====================  ===========================
+================  ===========  ============  ====================  ==========================
 computation       CPU          CUDA          CUDA, deterministic   traced / scripted (export)
-================  ===========  ============  ====================  ===========================
+================  ===========  ============  ====================  ==========================
 roi_align avg     separable    torchvision   triton (fixed point)  torchvision
-roi_align max     separable    triton        triton (fixed point)  not yet (refused, clearly)
-precise_roi_pool  separable    triton [1]    triton (fixed point)  not yet (refused, clearly)
-roi_warp          separable    triton        triton (fixed point)  not yet (refused, clearly)
-================  ===========  ============  ====================  ===========================
+roi_align max     separable    triton        triton (fixed point)  traceable
+precise_roi_pool  separable    triton [1]    triton (fixed point)  traceable
+roi_warp          separable    triton        triton (fixed point)  traceable
+================  ===========  ============  ====================  ==========================
 
 Other devices (MPS, XPU, ...) run the separable op, which is plain PyTorch. [1] When the boxes
 need a gradient (IoU-Net's box refinement), the separable op runs: the kernel's gradient is with
@@ -33,8 +33,11 @@ Why:
 - CUDA, max / precise / warp: our Triton kernels (:mod:`.triton_roi_pool`); the separable op
   would also run, but synchronises with the host several times per call to size its chunks.
   No GPU figures have been measured for them yet (``make bench-gpu``).
-- Tracing: torchvision's op traces and exports to ONNX (``RoiAlign``, opset >= 16 for
-  ``aligned``); the others split their work by box values, which a trace would freeze.
+- Tracing and scripting: torchvision's op traces, scripts and exports to ONNX (``RoiAlign``,
+  opset >= 16 for ``aligned``). The others run :mod:`.traceable`, one padded batch of windows
+  whose sizes are tensors (the eager ops split their work by box values, which a trace would
+  freeze). TorchScript cannot compile this dispatch, so the ops' modules pick that formulation
+  themselves when scripted (``torch.jit.is_scripting()``); RoIPool is torchvision's everywhere.
 
 :func:`forced` overrides the choice (benchmarks compare implementations with it).
 """
@@ -58,10 +61,12 @@ class Backend(str, enum.Enum):
     SEPARABLE = "separable"
     TORCHVISION = "torchvision"
     TRITON = "triton"
+    TRACEABLE = "traceable"
 
 
 COMPUTATIONS = ("roi_align_avg", "roi_align_max", "precise_roi_pool", "roi_warp")
-_TRACEABLE = {"roi_align_avg": Backend.TORCHVISION}
+_TRACED = {"roi_align_avg": Backend.TORCHVISION, "roi_align_max": Backend.TRACEABLE,
+           "precise_roi_pool": Backend.TRACEABLE, "roi_warp": Backend.TRACEABLE}
 _forced: Backend | None = None
 
 
@@ -88,13 +93,8 @@ def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool 
     """The implementation of ``computation`` (one of :data:`COMPUTATIONS`) for ``features``."""
     if computation not in COMPUTATIONS:
         raise ValueError(f"unknown RoI pooling computation {computation!r}; one of {COMPUTATIONS}")
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        if computation not in _TRACEABLE:
-            raise RuntimeError(
-                f"mask_rcnn_ext's {computation} cannot be traced, scripted or exported to ONNX "
-                "yet: its implementations split the work by box values, which a trace would "
-                "freeze. Average RoIAlign (POOLER_TYPE ROIAlignV2 or ROIAlign) exports.")
-        return _TRACEABLE[computation]
+    if torch.jit.is_tracing():
+        return _TRACED[computation]
     if _forced is not None:
         return _forced
     if features.device.type != "cuda":

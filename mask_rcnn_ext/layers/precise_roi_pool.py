@@ -16,21 +16,19 @@ feature pixels: the half-pixel convention). The paper's implementation uses ``al
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from ._utils import as_rois, scaled_boxes
+from . import traceable
+from ._utils import as_rois
 from .backends import Backend, choose_backend, full_precision, triton_ops
 from .separable import AxisWeights, pool_separable, window_pixels
+from .traceable import integrated_bin_weights, scaled_boxes
 
 __all__ = ["precise_roi_pool", "PreciseROIPool"]
-
-
-def _hat_integral(t: Tensor) -> Tensor:
-    """The antiderivative of hat(s) = max(0, 1 - |s|), from -inf to t."""
-    t = t.clamp(-1, 1)
-    return torch.where(t < 0, (t + 1) ** 2 / 2, 1 - (1 - t) ** 2 / 2)
 
 
 class IntegratedBins(AxisWeights):
@@ -51,14 +49,9 @@ class IntegratedBins(AxisWeights):
         self.length = (high - low).long().clamp(min=0) + 1
 
     def matrix(self, rows: Tensor, length: int) -> Tensor:
-        bins = torch.arange(self.pooled + 1, device=rows.device, dtype=self.roi_start.dtype)
-        bin_size = self.roi_length[rows, None] / self.pooled
-        edges = self.roi_start[rows, None] + bins[None] * bin_size  # (G, P + 1)
-        pixels = window_pixels(self.start[rows], length, edges.dtype)
-        cumulative = _hat_integral(edges[:, :, None] - pixels[:, None, :])  # (G, P + 1, L)
-        integral = cumulative[:, 1:] - cumulative[:, :-1]
-        per_length = torch.where(bin_size > 0, bin_size, torch.ones_like(bin_size))
-        return torch.where(bin_size[..., None] > 0, integral / per_length[..., None], 0)
+        pixels = window_pixels(self.start[rows], length, self.roi_start.dtype)
+        return integrated_bin_weights(self.roi_start[rows], self.roi_length[rows], self.pooled,
+                                      pixels)
 
 
 def precise_roi_pool(
@@ -83,10 +76,13 @@ def precise_roi_pool(
     """
     pooled_h, pooled_w = _pair(output_size)
     rois = as_rois(boxes, input)
+    backend = choose_backend("precise_roi_pool", input, boxes_need_grad=rois.requires_grad)
+    if backend is Backend.TRACEABLE:
+        return traceable.precise_roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale,
+                                          aligned)
     if rois.shape[0] == 0:
         return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
     start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=False)
-    backend = choose_backend("precise_roi_pool", input, boxes_need_grad=rois.requires_grad)
     with full_precision(input):
         if backend is Backend.TRITON:
             return triton_ops().precise_roi_pool_triton(input, rois, (pooled_h, pooled_w), start,
@@ -109,7 +105,11 @@ class PreciseROIPool(nn.Module):
         self.spatial_scale = spatial_scale
         self.aligned = aligned
 
-    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+    def forward(self, input: Tensor,
+                boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the dispatch (see .backends)
+            return traceable.precise_roi_pool(input, traceable.as_rois(boxes, input),
+                                              self.output_size, self.spatial_scale, self.aligned)
         return precise_roi_pool(input, boxes, self.output_size, self.spatial_scale, self.aligned)
 
     def extra_repr(self) -> str:

@@ -25,15 +25,18 @@ Gradients are taken with respect to the features, not the boxes (as torchvision)
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_align as torchvision_roi_align
 
-from ._utils import as_rois, scaled_boxes
+from . import traceable
+from ._utils import as_rois
 from .backends import Backend, choose_backend, compute_dtype, full_precision, triton_ops
-from .separable import AxisWeights, hat, pool_separable, window_columns, window_pixels
+from .separable import AxisWeights, pool_separable, window_columns, window_pixels
+from .traceable import bilinear_sample_positions, bilinear_sample_weights, scaled_boxes
 
 __all__ = ["roi_align", "ROIAlign"]
 
@@ -54,24 +57,16 @@ class BilinearSamples(AxisWeights):
 
     def __init__(self, roi_start: Tensor, roi_length: Tensor, pooled: int, sampling_ratio: int,
                  size: int, per_sample: bool):
-        bin_size = roi_length / pooled
         if sampling_ratio > 0:
             self.grid = torch.full_like(roi_start, sampling_ratio, dtype=torch.int64)
         else:
             self.grid = torch.ceil(roi_length / pooled).long()
         self.pooled, self.size, self.per_sample = pooled, size, per_sample
-        bins = torch.arange(pooled, device=roi_start.device, dtype=roi_start.dtype)
         steps = torch.arange(max(int(self.grid.max()), 1) if len(self.grid) else 1,
-                             device=roi_start.device, dtype=roi_start.dtype)
-        bin_size = bin_size[:, None, None]
-        grid = self.grid.clamp(min=1)[:, None, None]
-        # Bins of RoIs with fewer samples than others repeat their own samples, so that every
-        # sample slot holds a real sample: a maximum needs no mask, and an average skips them.
+                             device=roi_start.device)
         self.real = steps[None, None, :] < self.grid[:, None, None]  # (K, 1, S)
-        sample = torch.remainder(steps[None, None, :], grid)
-        # (K, P, S), in the reference kernels' arithmetic order: start + p*bin + (s+.5)*bin/grid.
-        self.position = (roi_start[:, None, None] + bins[None, :, None] * bin_size
-                         + (sample + 0.5) * bin_size / grid)
+        self.position = bilinear_sample_positions(roi_start, roi_length, pooled,
+                                                  self.grid.clamp(min=1), steps)  # (K, P, S)
         self.valid = (self.grid[:, None, None] > 0) & (self.position >= -1) & (
             self.position <= size)
         # The window spans the valid samples, clamped onto the map.
@@ -93,10 +88,7 @@ class BilinearSamples(AxisWeights):
         if not self.per_sample:
             valid = valid & self.real[rows, :, :samples]
         pixels = window_pixels(self.start[rows], length, position.dtype)
-        # For a sample on the map (after clamping), linear interpolation weights pixel i by
-        # hat(position - i); this also reproduces the kernels' clamping at both borders.
-        weights = hat(position.clamp(0, self.size - 1)[..., None] - pixels[:, None, None, :])
-        weights = weights * valid[..., None]  # (G, P, S, L)
+        weights = bilinear_sample_weights(position, valid, self.size, pixels)  # (G, P, S, L)
         if self.per_sample:
             return weights.reshape(rows.shape[0], self.pooled * samples, length)
         grid = self.grid[rows].clamp(min=1)[:, None, None].to(weights.dtype)
@@ -188,8 +180,6 @@ def roi_align(
         raise ValueError(f"roi_align: mode must be one of {_MODES}, got {mode!r}")
     pooled_h, pooled_w = _pair(output_size)
     rois = as_rois(boxes, input).detach()
-    if rois.shape[0] == 0:
-        return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
     backend = choose_backend(f"roi_align_{mode}", input)
     if backend is Backend.TORCHVISION:
         if mode != "avg":
@@ -198,6 +188,11 @@ def roi_align(
         dtype = compute_dtype(input)
         return torchvision_roi_align(input.to(dtype), rois, (pooled_h, pooled_w), spatial_scale,
                                      sampling_ratio, aligned).to(input.dtype)
+    if backend is Backend.TRACEABLE:
+        return traceable.roi_align(input, rois, (pooled_h, pooled_w), spatial_scale,
+                                   sampling_ratio, aligned, mode)
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
     start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=True)
     with full_precision(input):
         if backend is Backend.TRITON:
@@ -227,7 +222,12 @@ class ROIAlign(nn.Module):
         self.aligned = aligned
         self.mode = mode
 
-    def forward(self, input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+    def forward(self, input: Tensor,
+                boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the dispatch (see .backends)
+            return traceable.roi_align(input, traceable.as_rois(boxes, input), self.output_size,
+                                       self.spatial_scale, self.sampling_ratio, self.aligned,
+                                       self.mode)
         return roi_align(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio,
                          self.aligned, self.mode)
 

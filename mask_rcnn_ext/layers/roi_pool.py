@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
+from . import traceable
 from ._utils import ScaledRoIModule, as_rois
 from .backends import full_precision
 
@@ -40,3 +41,6 @@ class ROIPool(ScaledRoIModule):
     """:func:`roi_pool` as a module: ``forward(input, boxes)``."""
 
     op = staticmethod(roi_pool)
+
+    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
+        return traceable.roi_pool(input, rois, self.output_size, self.spatial_scale)

@@ -15,9 +15,11 @@ import torch
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
+from . import traceable
 from ._utils import ScaledRoIModule, as_rois
 from .backends import Backend, choose_backend, full_precision, triton_ops
-from .separable import AxisWeights, hat, pool_separable, window_pixels
+from .separable import AxisWeights, pool_separable, window_pixels
+from .traceable import quantised_crop, resized_crop_weights
 
 __all__ = ["roi_warp", "ROIWarp"]
 
@@ -29,18 +31,14 @@ class ResizedCrop(AxisWeights):
         self.start, self.length, self.pooled, self.dtype = start, length, pooled, dtype
 
     def matrix(self, rows: Tensor, length: int) -> Tensor:
-        crop = self.length[rows, None].to(self.dtype)
-        outputs = torch.arange(self.pooled, device=rows.device, dtype=self.dtype)
-        source = ((outputs[None] + 0.5) * crop / self.pooled - 0.5).clamp(min=0)
-        source = torch.minimum(source, crop - 1)  # (G, P), in crop pixels
-        pixels = window_pixels(torch.zeros_like(rows), length, self.dtype)
-        return hat(source[:, :, None] - pixels[:, None, :])
+        offsets = window_pixels(torch.zeros_like(rows), length, self.dtype)
+        return resized_crop_weights(self.length[rows], self.pooled, offsets)
 
 
-def _quantise(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    start = torch.floor(low + 0.5).clamp(0, size - 1).long()
-    end = torch.floor(high + 0.5).clamp(0, size - 1).long()
-    return start, torch.maximum(end, start) - start + 1
+def quantised_crop_extent(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """:func:`.traceable.quantised_crop` as (K,) int64 first pixels and lengths."""
+    first, last = quantised_crop(low, high, size)
+    return first.long(), (last - first).long() + 1
 
 
 def roi_warp(
@@ -60,13 +58,15 @@ def roi_warp(
     """
     pooled_h, pooled_w = _pair(output_size)
     rois = as_rois(boxes, input).detach()
+    backend = choose_backend("roi_warp", input)
+    if backend is Backend.TRACEABLE:
+        return traceable.roi_warp(input, rois, (pooled_h, pooled_w), spatial_scale)
     if rois.shape[0] == 0:
         return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
     height, width = input.shape[-2:]
     scaled = rois[:, 1:] * spatial_scale
-    start_y, length_y = _quantise(scaled[:, 1], scaled[:, 3], height)
-    start_x, length_x = _quantise(scaled[:, 0], scaled[:, 2], width)
-    backend = choose_backend("roi_warp", input)
+    start_y, length_y = quantised_crop_extent(scaled[:, 1], scaled[:, 3], height)
+    start_x, length_x = quantised_crop_extent(scaled[:, 0], scaled[:, 2], width)
     with full_precision(input):
         if backend is Backend.TRITON:
             return triton_ops().roi_warp_triton(input, rois, (pooled_h, pooled_w),
@@ -83,3 +83,6 @@ class ROIWarp(ScaledRoIModule):
     """:func:`roi_warp` as a module: ``forward(input, boxes)``."""
 
     op = staticmethod(roi_warp)
+
+    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
+        return traceable.roi_warp(input, rois, self.output_size, self.spatial_scale)

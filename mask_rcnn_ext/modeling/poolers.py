@@ -133,7 +133,7 @@ class ROIPooler(nn.Module):
                                         self.canonical_box_size, self.canonical_level)
         output = x[0].new_zeros((rois.shape[0], channels, *self.output_size))
         for level, (features, pooler) in enumerate(zip(x, self.level_poolers, strict=True)):
+            # Every level pools, even without boxes: a trace records only the calls it sees.
             index = torch.nonzero(levels == level).squeeze(1)
-            if index.numel():
-                output.index_put_((index,), pooler(features, rois[index]))
+            output.index_put_((index,), pooler(features, rois[index]))
         return output
