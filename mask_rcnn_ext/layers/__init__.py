@@ -5,8 +5,9 @@ reasons): the separable core (:mod:`.separable`) on CPU, torchvision's kernel or
 (:mod:`.triton_roi_pool`) on CUDA. Box coordinates and interpolation weights are float32 whatever
 the features' dtype, also under autocast; the output has the features' dtype.
 
-Export: average RoIAlign traces (as torchvision's op, which exports to ONNX); tracing the others
-raises an error that says so.
+Export: while traced or scripted, every op runs a formulation that generalises to any boxes and
+map size and maps to standard ONNX operators (:mod:`.traceable`; torchvision's ops for average
+RoIAlign and RoIPool).
 """
 
 from .backends import Backend, choose_backend

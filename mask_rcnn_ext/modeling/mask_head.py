@@ -34,10 +34,12 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 
 __all__ = [
+    "HeadBranch",
     "MaskHeadBase",
     "MaskRCNNFCNHead",
     "MaskRCNNMLPHead",
     "cropped_gt_masks",
+    "instance_counts",
     "mask_probabilities",
     "mask_rcnn_softmax_loss",
 ]
@@ -94,10 +96,24 @@ def mask_probabilities(logits: Tensor, classes: Tensor, loss: str) -> Tensor:
     if loss == "softmax":
         channel = classes + 1 if logits.shape[1] > 2 else torch.ones_like(classes)
         own = logits[index, channel]
-        rivals = logits.index_put((index, channel), own.new_tensor(-math.inf))
+        rivals = logits.index_put((index, channel), torch.full_like(own, -math.inf))
         return (own - rivals.amax(dim=1)).sigmoid()
     channel = classes if logits.shape[1] > 1 else torch.zeros_like(classes)
     return logits[index, channel].sigmoid()
+
+
+def predicted_classes(instances: list[Instances], device: torch.device) -> Tensor:
+    """Every image's ``pred_classes``, concatenated -> (N,) int64."""
+    classes = [per_image.pred_classes for per_image in instances]
+    if len(classes) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    return torch.cat(classes).long()
+
+
+def instance_counts(instances: list[Instances]) -> list[int]:
+    """Each image's number of instances. ``__len__``, not ``len()``, which would make them Python
+    ints that a trace freezes (Detectron2's tracing patches ``len`` in its own heads' modules)."""
+    return [per_image.__len__() for per_image in instances]
 
 
 def _init_predictor(layer: nn.Module) -> None:
@@ -105,6 +121,17 @@ def _init_predictor(layer: nn.Module) -> None:
     as Detectron2 does, so that a seed gives stock Detectron2's initial weights)."""
     nn.init.normal_(layer.weight, std=0.001)
     nn.init.constant_(layer.bias, 0)
+
+
+class HeadBranch(nn.Module):
+    """A module that a mask head holds beside its mask layers (e.g. the MaskIoU branch): the
+    head's ``layers`` skip it."""
+
+    def __init__(self):
+        super().__init__()
+        # What ``layers`` tests (hasattr, which TorchScript resolves when compiling; it resolves
+        # no isinstance test against a type that the compiled head does not hold).
+        self.beside_mask_layers = True
 
 
 class MaskHeadBase(BaseMaskRCNNHead):
@@ -143,6 +170,7 @@ class MaskHeadBase(BaseMaskRCNNHead):
                    out_channels=num_classes + 1 if head.LOSS == "softmax" else num_classes)
         return ret
 
+    @torch.jit.unused
     def losses(self, logits: Tensor, instances: list[Instances]) -> Tensor:
         """The (unweighted) mask loss of ``logits`` for the foreground proposals ``instances``."""
         if self.loss == "softmax":
@@ -154,15 +182,17 @@ class MaskHeadBase(BaseMaskRCNNHead):
         if self.loss == "sigmoid":
             mask_rcnn_inference(logits, instances)
             return
-        classes = cat([i.pred_classes for i in instances]) if instances else logits.new_zeros(0)
-        probabilities = mask_probabilities(logits, classes.long(), self.loss)[:, None]
-        for per_image, masks in zip(instances, probabilities.split([len(i) for i in instances]),
-                                    strict=True):
+        classes = predicted_classes(instances, logits.device)
+        probabilities = mask_probabilities(logits, classes, self.loss)[:, None]
+        # No zip(strict=...) here and in what follows: TorchScript compiles no keyword to zip.
+        for per_image, masks in zip(instances, probabilities.split(  # noqa: B905
+                instance_counts(instances))):
             per_image.pred_masks = masks
 
     def forward(self, x: Tensor, instances: list[Instances]):
         logits = self.layers(x)
         if self.training:
+            assert not torch.jit.is_scripting(), "scripted mask heads run inference only"
             return {"loss_mask": self.losses(logits, instances) * self.loss_weight}
         self.inference(logits, instances)
         return instances
@@ -186,23 +216,24 @@ class MaskRCNNFCNHead(MaskHeadBase):
         super().__init__(**kwargs)
         doublings = math.log2(self.output_side / input_shape.height)
         channels = input_shape.channels
-        self.convs = []
+        convs = []
         for k, conv_dim in enumerate(conv_dims[:-1]):
             conv = Conv2d(channels, conv_dim, kernel_size=3, padding=1, bias=not conv_norm,
                           norm=get_norm(conv_norm, conv_dim), activation=nn.ReLU())
             self.add_module(f"mask_fcn{k + 1}", conv)
-            self.convs.append(conv)
+            convs.append(conv)
             channels = conv_dim
-        self.upsamples = []
+        upsamples = []
         for k in range(round(doublings)):
             # The first keeps Detectron2's name, so that stock weights load.
             name = "deconv" if k == 0 else f"deconv{k + 1}"
             deconv = ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
             self.add_module(name, deconv)
-            self.upsamples.append(deconv)
+            self.add_module(f"{name}_relu", nn.ReLU())
+            upsamples.append(deconv)
             channels = conv_dims[-1]
         self.predictor = Conv2d(channels, out_channels, kernel_size=1)
-        for layer in self.convs + self.upsamples:
+        for layer in convs + upsamples:
             weight_init.c2_msra_fill(layer)
         _init_predictor(self.predictor)
 
@@ -215,11 +246,13 @@ class MaskRCNNFCNHead(MaskHeadBase):
         return ret
 
     def layers(self, x: Tensor) -> Tensor:
-        for conv in self.convs:
-            x = conv(x)
-        for deconv in self.upsamples:
-            x = F.relu(deconv(x))
-        return self.predictor(x)
+        # The children in their order (3x3 convolutions, each deconvolution and its ReLU, the
+        # predictor): a loop over children is what TorchScript compiles, where a list attribute
+        # of modules is not.
+        for layer in self.children():
+            if not hasattr(layer, "beside_mask_layers"):
+                x = layer(x)
+        return x
 
 
 @ROI_MASK_HEAD_REGISTRY.register()

@@ -19,7 +19,14 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 from torch import Tensor, nn
 
-from .mask_head import MaskRCNNFCNHead, cropped_gt_masks, mask_probabilities
+from .mask_head import (
+    HeadBranch,
+    MaskRCNNFCNHead,
+    cropped_gt_masks,
+    instance_counts,
+    mask_probabilities,
+    predicted_classes,
+)
 
 __all__ = ["MaskIoUHead", "MaskScoringHead", "full_gt_areas", "mask_iou_loss",
            "mask_iou_targets"]
@@ -27,11 +34,11 @@ __all__ = ["MaskIoUHead", "MaskScoringHead", "full_gt_areas", "mask_iou_loss",
 logger = logging.getLogger(__name__)
 
 
-class MaskIoUHead(nn.Module):
+class MaskIoUHead(HeadBranch):
     """[pooled mask features, max-pooled predicted mask] -> predicted IoU per class (N, K).
 
     Convolutions (3x3, ReLU; the last with stride 2), fc layers (ReLU), and an fc to K outputs,
-    as the paper's MaskIoU head.
+    as the paper's MaskIoU head; its children are these layers in order.
     """
 
     @configurable
@@ -39,27 +46,28 @@ class MaskIoUHead(nn.Module):
                  num_conv: int, conv_dim: int, num_fc: int, fc_dim: int):
         super().__init__()
         self.downsample = mask_side // pooled_side
-        self.convs = []
         channels = in_channels + 1
+        convs, fcs = [], []
         for k in range(num_conv):
             stride = 2 if k == num_conv - 1 else 1
             conv = Conv2d(channels, conv_dim, kernel_size=3, stride=stride, padding=1,
                           activation=nn.ReLU())
             self.add_module(f"maskiou_conv{k + 1}", conv)
-            self.convs.append(conv)
+            convs.append(conv)
             channels = conv_dim
+        self.flatten = nn.Flatten()
         side = (pooled_side + 1) // 2 if num_conv else pooled_side
         inputs = channels * side * side
-        self.fcs = []
         for k in range(num_fc):
             fc = nn.Linear(inputs, fc_dim)
             self.add_module(f"maskiou_fc{k + 1}", fc)
-            self.fcs.append(fc)
+            self.add_module(f"maskiou_fc{k + 1}_relu", nn.ReLU())
+            fcs.append(fc)
             inputs = fc_dim
         self.predictor = nn.Linear(inputs, num_classes)
-        for conv in self.convs:
+        for conv in convs:
             weight_init.c2_msra_fill(conv)
-        for fc in self.fcs:
+        for fc in fcs:
             weight_init.c2_xavier_fill(fc)
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.constant_(self.predictor.bias, 0)
@@ -83,12 +91,9 @@ class MaskIoUHead(nn.Module):
         """features (N, C, P, P), mask_probabilities (N, R, R) -> (N, K)."""
         masks = F.max_pool2d(mask_probabilities[:, None], self.downsample, self.downsample)
         x = torch.cat((features, masks), dim=1)
-        for conv in self.convs:
-            x = conv(x)
-        x = x.flatten(1)
-        for fc in self.fcs:
-            x = F.relu(fc(x))
-        return self.predictor(x)
+        for layer in self.children():
+            x = layer(x)
+        return x
 
 
 def mask_iou_targets(mask_probabilities: Tensor, gt_masks: Tensor, gt_areas: Tensor,
@@ -176,12 +181,14 @@ class MaskScoringHead(MaskRCNNFCNHead):
     def forward(self, x: Tensor, instances: list[Instances]):
         logits = self.layers(x)
         if self.training:
+            assert not torch.jit.is_scripting(), "scripted mask heads run inference only"
             return {"loss_mask": self.losses(logits, instances) * self.loss_weight,
                     "loss_maskiou": self._mask_iou_loss(x, logits, instances)}
         self.inference(logits, instances)
         self._rescore(x, logits, instances)
         return instances
 
+    @torch.jit.unused
     def _mask_iou_loss(self, pooled: Tensor, logits: Tensor, instances: list[Instances]) -> Tensor:
         gt_masks, classes = cropped_gt_masks(instances, logits.shape[-1])
         if classes.numel() == 0:
@@ -196,18 +203,12 @@ class MaskScoringHead(MaskRCNNFCNHead):
         return mask_iou_loss(predicted, classes, targets) * self.mask_iou_loss_weight
 
     def _rescore(self, pooled: Tensor, logits: Tensor, instances: list[Instances]) -> None:
-        classes = cat([i.pred_classes for i in instances]) if instances else None
-        if classes is None or classes.numel() == 0:
-            for per_image in instances:
-                per_image.pred_mask_iou = per_image.scores.new_zeros(0)
-                per_image.box_scores = per_image.scores
-            return
-        probabilities = mask_probabilities(logits, classes.long(), self.loss)
-        predicted = self.mask_iou_head(pooled, probabilities)
-        iou = predicted[torch.arange(len(classes), device=classes.device), classes.long()]
+        classes = predicted_classes(instances, logits.device)
+        predicted = self.mask_iou_head(pooled, mask_probabilities(logits, classes, self.loss))
+        iou = predicted[torch.arange(classes.shape[0], device=classes.device), classes]
         iou = iou.clamp(0, 1)
-        for per_image, per_image_iou in zip(instances, iou.split([len(i) for i in instances]),
-                                            strict=True):
+        for per_image, per_image_iou in zip(instances, iou.split(  # noqa: B905 (TorchScript)
+                instance_counts(instances))):
             per_image.pred_mask_iou = per_image_iou
             per_image.box_scores = per_image.scores
             per_image.scores = per_image.scores * per_image_iou

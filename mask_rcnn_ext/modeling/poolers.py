@@ -121,9 +121,9 @@ class ROIPooler(nn.Module):
             raise ValueError(f"ROIPooler has {len(self.level_poolers)} levels, got {len(x)} maps")
         if len(box_lists) != x[0].shape[0]:
             raise ValueError(f"{len(box_lists)} box lists for a batch of {x[0].shape[0]} images")
-        channels = x[0].shape[1]
-        if not box_lists:
-            return x[0].new_zeros((0, channels, *self.output_size))
+        height, width = self.output_size
+        if len(box_lists) == 0:
+            return x[0].new_zeros((0, x[0].shape[1], height, width))
         # Boxes stay float32 (float64 for float64 features) whatever the features' dtype: in
         # float16/bfloat16 they would move by whole pixels. Every registered op accepts them.
         rois = convert_boxes_to_pooler_format(box_lists).to(compute_dtype(x[0]))
@@ -131,9 +131,10 @@ class ROIPooler(nn.Module):
             return self.level_poolers[0](x[0], rois)
         levels = assign_boxes_to_levels(box_lists, self.min_level, self.max_level,
                                         self.canonical_box_size, self.canonical_level)
-        output = x[0].new_zeros((rois.shape[0], channels, *self.output_size))
-        for level, (features, pooler) in enumerate(zip(x, self.level_poolers, strict=True)):
+        output = x[0].new_zeros((rois.shape[0], x[0].shape[1], height, width))
+        # Indexing by position, not zip: TorchScript iterates a ModuleList only by itself.
+        for level, pooler in enumerate(self.level_poolers):
             # Every level pools, even without boxes: a trace records only the calls it sees.
             index = torch.nonzero(levels == level).squeeze(1)
-            output.index_put_((index,), pooler(features, rois[index]))
+            output.index_put_((index,), pooler(x[level], rois[index]))
         return output

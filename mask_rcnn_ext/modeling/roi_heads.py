@@ -8,8 +8,8 @@ head) the model is stock Mask R-CNN: the same parameters under the same names, t
 and outputs.
 """
 
-from __future__ import annotations
 
+import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import (
     ROI_HEADS_REGISTRY,
@@ -63,6 +63,10 @@ class MaskRCNNExtROIHeads(StandardROIHeads):
     """
 
     _version = 2
+    # Constants for TorchScript, so that a branch that is off is not compiled: Detectron2's
+    # scripting patch declares them on StandardROIHeads, and a subclass has its own annotations.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def from_config(cls, cfg, input_shape):
