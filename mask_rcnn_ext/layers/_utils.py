@@ -11,34 +11,26 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from . import traceable
-from .backends import compute_dtype
 
 __all__ = ["ScaledRoIModule", "as_rois"]
 
 
 def as_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
-    """Boxes as a (K, 5) tensor of (batch_index, x1, y1, x2, y2), in float32 (float64 for float64
-    features): never in a low-precision feature dtype, which would move boxes by whole pixels."""
+    """Boxes, validated, as a (K, 5) tensor of (batch_index, x1, y1, x2, y2), in float32 (float64
+    for float64 features): never in a low-precision feature dtype, which would move boxes by whole
+    pixels."""
     if features.dim() != 4:
         raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
-    dtype = compute_dtype(features)
     if isinstance(boxes, (list, tuple)):
         for i, per_image in enumerate(boxes):
             if per_image.dim() != 2 or per_image.shape[1] != 4:
                 raise ValueError(
                     f"boxes[{i}] must be a Tensor[L, 4], got shape {tuple(per_image.shape)}"
                 )
-        index = torch.cat([
-            torch.full((len(b), 1), i, dtype=dtype, device=features.device)
-            for i, b in enumerate(boxes)
-        ]) if boxes else features.new_zeros((0, 1), dtype=dtype)
-        coordinates = (torch.cat(list(boxes)) if boxes
-                       else features.new_zeros((0, 4), dtype=dtype))
-        return torch.cat((index, coordinates.to(device=features.device, dtype=dtype)), dim=1)
-    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
+    elif not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
         raise ValueError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
-    return boxes.to(device=features.device, dtype=dtype)
+    return traceable.as_rois(list(boxes) if isinstance(boxes, tuple) else boxes, features)
 
 
 class ScaledRoIModule(nn.Module):

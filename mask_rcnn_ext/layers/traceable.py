@@ -25,6 +25,7 @@ from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
+from .backends import compute_dtype
 from .separable import hat
 
 __all__ = [
@@ -121,7 +122,7 @@ def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,
 
 def as_rois(boxes: Union[Tensor, list[Tensor]], features: Tensor) -> Tensor:  # noqa: UP007
     """(K, 5) RoIs (batch_index, x1, y1, x2, y2) in float32 (float64 for float64 features)."""
-    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(features)
     if isinstance(boxes, Tensor):
         return boxes.to(device=features.device, dtype=dtype)
     parts: list[Tensor] = []
