@@ -15,7 +15,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from mask_rcnn_ext import load_config
-from mask_rcnn_ext.data.mapper import read_image_or_raise
+from mask_rcnn_ext.data.images import read_image
 from mask_rcnn_ext.engine import Predictor
 
 
@@ -49,7 +49,7 @@ def main(argv=None):
     metadata = metadata_for(cfg)
     args.output.mkdir(parents=True, exist_ok=True)
     for path in args.input:
-        image = read_image_or_raise(path, "BGR")
+        image = read_image(path, "BGR")
         instances = predictor(image)["instances"].to("cpu")
         drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
         target = args.output / (Path(path).stem + ".png")

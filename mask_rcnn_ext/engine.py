@@ -27,7 +27,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from .checkpoint import SafeCheckpointer
-from .data.annotations import drop_degenerate_annotations
+from .data.annotations import check_mask_format, drop_degenerate_annotations
 from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
 from .modeling.speedups import apply_speedups
@@ -123,11 +123,21 @@ class Trainer(DefaultTrainer):
             min_keypoints=(cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
                            if cfg.MODEL.KEYPOINT_ON else 0),
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
-        dataset = drop_degenerate_annotations(dataset, f"DATASETS.TRAIN {tuple(names)}")
+        description = f"DATASETS.TRAIN {tuple(names)}"
+        images = len(dataset)
+        dataset = drop_degenerate_annotations(dataset, description)
+        if cfg.MODEL.MASK_ON:
+            check_mask_format(dataset, cfg.INPUT.MASK_FORMAT, description)
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
             dataset = filter_images_with_only_crowd_annotations(dataset)
-        return build_detection_train_loader(cfg, mapper=ImageCheckingMapper(cfg, is_train=True),
-                                            dataset=dataset)
+        if not dataset:
+            files = ", ".join(str(MetadataCatalog.get(name).get("json_file", name))
+                              for name in names)
+            raise ValueError(f"{description}: none of its {images} images has a usable "
+                             f"annotation left to train on (annotations from {files})")
+        mapper = ImageCheckingMapper(cfg, is_train=True,
+                                     images_in_dataset=len({r["file_name"] for r in dataset}))
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -28,6 +28,8 @@ from detectron2.structures import BoxMode, Instances
 from detectron2.utils.file_io import PathManager
 from pycocotools.cocoeval import COCOeval
 
+from .data.annotations import DEGENERATE_KINDS, degenerate_coco_annotations
+
 __all__ = ["FastCOCOEvaluator", "encode_masks", "instances_to_coco_results"]
 
 
@@ -98,7 +100,33 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]
 class FastCOCOEvaluator(COCOEvaluator):
     """Detectron2's COCOEvaluator (same arguments, same results: bbox and segm AP) with faster mask
     encoding and no deep copies. Keypoints, proposals and detection limits other than COCO's 100
-    are left to COCOEvaluator's own code."""
+    are left to COCOEvaluator's own code.
+
+    The ground truth is checked first, by the rule that drops degenerate annotations from
+    training (:func:`~mask_rcnn_ext.data.annotations.degenerate_coco_annotations`): a degenerate
+    annotation is an error naming the file and the annotation ids. It is not dropped, as training
+    does, because evaluation scores the ground truth as given: an object that can never be matched
+    lowers the AP (a box of negative width makes exact predictions score 91 instead of 100), and a
+    2-point polygon crashes pycocotools.
+    """
+
+    def __init__(self, dataset_name: str, *args, **kwargs):
+        super().__init__(dataset_name, *args, **kwargs)
+        source = self._metadata.get("json_file", dataset_name)
+        if not self._do_evaluation:
+            self._logger.warning(f"{source} has no annotations: the predictions are written, "
+                                 "and no AP is computed")
+            return
+        degenerate = degenerate_coco_annotations(self._coco_api.dataset)
+        if degenerate:
+            listed = "; ".join(f"id {annotation_id}: {DEGENERATE_KINDS[kind]}"
+                               for annotation_id, kind in degenerate[:10])
+            more = f"; and {len(degenerate) - 10} more" if len(degenerate) > 10 else ""
+            raise ValueError(
+                f"{source}: {len(degenerate)} ground-truth annotation(s) cannot be evaluated as "
+                f"given ({listed}{more}). Fix or remove them: training drops such annotations "
+                "with a count, but evaluation scores the ground truth as it is "
+                "(datasets/README.md, 'Flawed data').")
 
     def process(self, inputs, outputs):
         for input, output in zip(inputs, outputs, strict=True):

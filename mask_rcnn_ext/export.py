@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter, scripting_with_instances
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -38,6 +37,7 @@ from torch import Tensor
 from . import load_config
 from .checkpoint import SafeCheckpointer
 from .data import synthetic
+from .data.images import read_image
 
 __all__ = ["FORMATS", "ONNX_OPSET", "compare", "export", "largest_differences", "main",
            "sample_image"]
@@ -61,7 +61,7 @@ def sample_image(cfg, path: str | None = None) -> Tensor:
         image, _ = synthetic.make_image(np.random.default_rng(0))  # RGB
         image = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
     else:
-        image = read_image(path, format=cfg.INPUT.FORMAT)
+        image = read_image(path, cfg.INPUT.FORMAT)
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     image = resize.get_transform(image).apply_image(np.ascontiguousarray(image))
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

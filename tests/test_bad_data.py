@@ -1,23 +1,32 @@
-"""Bad data: degenerate annotations are dropped with counts in the log, and an unreadable image is
-named (skipped in training with a count, fatal in evaluation and in demo.py)."""
+"""Bad data: degenerate annotations are dropped with counts in the log (and refused in evaluation
+ground truth, by the same rule), an unreadable image is named (skipped in training with a count,
+fatal in evaluation and in demo.py), high-bit-depth images are converted or refused by name, and
+data sets that cannot be trained on say why."""
 
 import json
 import logging
 import math
+import re
 import uuid
 
+import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, detection_utils
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from helpers import small_mask_rcnn_cfg
+from helpers import evaluate, small_mask_rcnn_cfg
 from mask_rcnn_ext.data import synthetic
 from mask_rcnn_ext.data.annotations import drop_degenerate_annotations
-from mask_rcnn_ext.data.mapper import ImageCheckingMapper, UnreadableImageError, read_image_or_raise
+from mask_rcnn_ext.data.images import UnreadableImageError, read_image
+from mask_rcnn_ext.data.mapper import ImageCheckingMapper
 
 NAN = float("nan")
 SQUARE = [10, 10, 20, 10, 20, 20, 10, 20]
@@ -102,7 +111,7 @@ def test_unreadable_images_are_named_skipped_in_training_and_fatal_in_evaluation
         with pytest.raises(UnreadableImageError, match=f"cannot read image {path}"):
             evaluation(dict(records[path]))
         with pytest.raises(UnreadableImageError, match=f"cannot read image {path}"):
-            read_image_or_raise(path, "BGR")  # what demo.py reads its inputs with
+            read_image(path, "BGR")  # what demo.py reads its inputs with
 
     # A readable image with a wrong size in its record is another error: not skipped, raised.
     good = next(r for path, r in records.items() if path not in (truncated, not_an_image))
@@ -151,3 +160,208 @@ def test_training_on_flawed_data_drops_skips_counts_and_stays_finite(flawed_data
     assert f"{len(skips)} image(s) skipped so far" in skips[-1]
     assert len(losses) == 3 and all(math.isfinite(v) for step in losses for v in step.values())
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def _grey_image(tmp_path):
+    """An 8-bit grayscale synthetic image (values well inside 1..254) and its PNG."""
+    pixels, _ = synthetic.make_image(np.random.default_rng(5))
+    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    path = tmp_path / "grey8.png"
+    cv2.imwrite(str(path), grey)
+    return grey, path
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    grey, grey_path = _grey_image(tmp_path)
+    assert 0 < grey.min() and grey.max() < 255
+    sixteen = tmp_path / "grey16.png"
+    cv2.imwrite(str(sixteen), grey.astype(np.uint16) * 257)  # the exact 16-bit copy
+    # Detectron2's own reading clips: the copy reads (almost) all white.
+    assert detection_utils.read_image(str(sixteen), "BGR").min() == 255
+    np.testing.assert_array_equal(read_image(str(sixteen), "BGR"),
+                                  read_image(str(grey_path), "BGR"))
+
+    # Any 16-bit values: round(v * 255 / 65535), and OpenCV's own conversion agrees within 1.
+    values = np.random.default_rng(0).integers(0, 65536, size=(37, 41), dtype=np.uint16)
+    values[0, :2] = (0, 65535)
+    cv2.imwrite(str(sixteen), values)
+    ours = read_image(str(sixteen), "BGR")
+    expected = np.rint(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(ours, np.repeat(expected[:, :, None], 3, axis=2))
+    assert np.abs(ours.astype(int) - cv2.imread(str(sixteen), cv2.IMREAD_COLOR)).max() <= 1
+
+    # 16-bit colour PNGs (PIL reduces them itself) read as their 8-bit originals too.
+    colour = np.stack([grey, 255 - grey, grey // 2], axis=2)
+    cv2.imwrite(str(tmp_path / "colour8.png"), colour)
+    cv2.imwrite(str(tmp_path / "colour16.png"), colour.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "colour16.png"), "BGR"), colour)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "colour8.png"), "BGR"), colour)
+
+
+@pytest.mark.parametrize("mode, kind", [("I", "32-bit integer"), ("F", "floating-point")])
+def test_images_of_unknown_value_range_are_refused_by_name(tmp_path, mode, kind):
+    path = tmp_path / f"{mode}.tif"
+    Image.fromarray(np.full((8, 9), 70000, np.int32 if mode == "I" else np.float32),
+                    mode=mode).save(path)
+    with pytest.raises(UnreadableImageError, match=f"cannot read image {path}: it is a {kind} "
+                                                   f"image \\(PIL mode {mode}\\)"):
+        read_image(str(path), "BGR")
+
+
+def _single_image_set(tmp_path, image_path):
+    """Records of one image without annotations, as a data set would give them."""
+    height, width = cv2.imread(str(image_path)).shape[:2]
+    return {"file_name": str(image_path), "height": height, "width": width, "image_id": 1,
+            "annotations": [_annotation([10, 10, 30, 20])]}
+
+
+def test_mapper_maps_as_detectron2_and_reads_sixteen_bits(tmp_path):
+    grey, grey_path = _grey_image(tmp_path)
+    sixteen = tmp_path / "grey16.png"
+    cv2.imwrite(str(sixteen), grey.astype(np.uint16) * 257)
+    cfg = small_mask_rcnn_cfg(depth=18)
+    cfg.INPUT.MIN_SIZE_TRAIN = (48, 64, 80)  # random sizes and flips: the same draws for both
+    record = _single_image_set(tmp_path, grey_path)
+    for is_train in (True, False):
+        for seed in range(3):
+            np.random.seed(seed)
+            stock = DatasetMapper(cfg, is_train=is_train)(record)
+            np.random.seed(seed)
+            ours = ImageCheckingMapper(cfg, is_train=is_train)(record)
+            np.random.seed(seed)
+            from_sixteen = ImageCheckingMapper(cfg, is_train=is_train)(
+                {**record, "file_name": str(sixteen)})
+            assert ours.keys() == stock.keys() == from_sixteen.keys()
+            assert torch.equal(ours["image"], stock["image"])
+            assert torch.equal(from_sixteen["image"], stock["image"])
+            if is_train:
+                for field in ("gt_boxes", "gt_classes", "gt_masks"):
+                    a, b = ours["instances"].get(field), stock["instances"].get(field)
+                    assert (torch.equal(a.tensor, b.tensor) if field == "gt_boxes" else
+                            torch.equal(a, b) if field == "gt_classes" else
+                            all(np.array_equal(p, q) for x, y in zip(a.polygons, b.polygons,
+                                                                     strict=True)
+                                for p, q in zip(x, y, strict=True)))
+    assert record["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS  # the input is not modified
+
+
+def test_a_training_set_without_one_readable_image_is_an_error(flawed_dataset):
+    name, (truncated, not_an_image) = flawed_dataset
+    cfg = small_mask_rcnn_cfg(name, depth=18)
+    records = {r["file_name"]: r for r in DatasetCatalog.get(name)}
+    mapper = ImageCheckingMapper(cfg, is_train=True, images_in_dataset=2)
+    assert mapper(dict(records[truncated])) is None
+    assert mapper(dict(records[truncated])) is None  # the same image again: still one of two
+    with pytest.raises(UnreadableImageError, match="none of the 2 training images can be read; "
+                                                   f"the last one tried: cannot read image "
+                                                   f"{not_an_image}"):
+        mapper(dict(records[not_an_image]))
+
+
+def _write_registered(tmp_path, name, data):
+    from mask_rcnn_ext.data import register_coco_format
+    json_file = tmp_path / f"{name}.json"
+    json_file.write_text(data if isinstance(data, str) else json.dumps(data))
+    register_coco_format(name, str(json_file), str(tmp_path / "train"))
+    return json_file
+
+
+@pytest.fixture
+def written_set(tmp_path):
+    """The COCO dict of a 2-image synthetic set written under tmp_path; the names registered by
+    the test are removed afterwards."""
+    data = json.loads(synthetic.write_split(tmp_path, "train", 2, seed=0).read_text())
+    names = []
+    yield data, names
+    for name in names:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def test_training_sets_that_cannot_be_trained_on_say_why(written_set, tmp_path, caplog):
+    from mask_rcnn_ext.engine import Trainer
+
+    data, names = written_set
+    names += [f"bad_json_{uuid.uuid4().hex[:6]}", f"no_annotations_{uuid.uuid4().hex[:6]}",
+              f"rle_{uuid.uuid4().hex[:6]}"]
+    bad_json = _write_registered(tmp_path, names[0], '{"images": [')
+    with pytest.raises(ValueError, match=f"{bad_json} is not valid JSON"):
+        DatasetCatalog.get(names[0])
+
+    without = _write_registered(tmp_path, names[1], {k: v for k, v in data.items()
+                                                     if k != "annotations"})
+    with caplog.at_level(logging.WARNING):
+        DatasetCatalog.get(names[1])
+    assert f"{without} holds no annotations for its 2 images" in caplog.text
+    with pytest.raises(ValueError, match=r"none of its 2 images has a usable annotation left to "
+                                         f"train on \\(annotations from {without}\\)"):
+        Trainer.build_train_loader(small_mask_rcnn_cfg(names[1], depth=18))
+
+    rle = dict(data, annotations=[dict(a) for a in data["annotations"]])
+    height, width = data["images"][0]["height"], data["images"][0]["width"]
+    rle["annotations"][1]["segmentation"] = mask_util.merge(
+        mask_util.frPyObjects(rle["annotations"][1]["segmentation"], height, width))
+    rle["annotations"][1]["segmentation"]["counts"] = (
+        rle["annotations"][1]["segmentation"]["counts"].decode())
+    _write_registered(tmp_path, names[2], rle)
+    cfg = small_mask_rcnn_cfg(names[2], depth=18)
+    with pytest.raises(ValueError, match=re.escape("has an RLE mask, and INPUT.MASK_FORMAT is "
+                                                   "'polygon'; set INPUT.MASK_FORMAT bitmask")):
+        Trainer.build_train_loader(cfg)
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    batch = next(iter(Trainer.build_train_loader(cfg)))
+    assert all(len(item["instances"]) for item in batch)
+
+
+def _exact_predictions(data):
+    """Predictions equal to the ground truth of ``data``, as COCO results."""
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "score": 1.0} for a in data["annotations"]]
+
+
+def test_evaluation_refuses_degenerate_ground_truth_by_the_training_rule(written_set, tmp_path,
+                                                                        caplog):
+    from mask_rcnn_ext.evaluation import FastCOCOEvaluator
+
+    data, names = written_set
+    flawed = dict(data, annotations=[dict(a) for a in data["annotations"]])
+    flawed["annotations"][0]["bbox"] = [10, 10, -5, 10]                       # negative width
+    flawed["annotations"][1]["bbox"] = [1000, 1000, 10, 10]                   # outside the image
+    flawed["annotations"][2]["segmentation"] = [[10, 10, 20, 20]]             # 2 points
+    ids = [a["id"] for a in flawed["annotations"][:3]]
+    names += [f"flawed_gt_{uuid.uuid4().hex[:6]}", f"good_gt_{uuid.uuid4().hex[:6]}"]
+    json_file = _write_registered(tmp_path, names[0], flawed)
+    with pytest.raises(ValueError, match=f"{json_file}: 3 ground-truth annotation\\(s\\) cannot be "
+                                         f"evaluated as given \\(id {ids[0]}: a box of zero or "
+                                         f"negative width or height; id {ids[1]}: a box wholly "
+                                         f"outside its image; id {ids[2]}: only degenerate"):
+        FastCOCOEvaluator(names[0], tasks=("bbox",))
+    # What pycocotools scores instead: exact predictions lose AP to the flawed objects.
+    flawed["annotations"][2]["segmentation"] = [SQUARE]  # pycocotools' bbox AP crashes on it
+    json_file.write_text(json.dumps(flawed))
+    stock = evaluate(COCOeval, COCO(str(json_file)), _exact_predictions(flawed), "bbox", 1)
+    assert stock.stats[0] < 0.95
+
+    # The same rule keeps good data: exact predictions of the intact set score 100.
+    _write_registered(tmp_path, names[1], data)
+    good = FastCOCOEvaluator(names[1], tasks=("bbox",))
+    evaluation = good._evaluate(_exact_predictions(data), "bbox", [1, 10, 100], None)
+    assert evaluation.stats[0] == pytest.approx(1.0)
+
+
+def test_evaluation_without_annotations_warns_naming_the_file(written_set, tmp_path, caplog):
+    from mask_rcnn_ext.evaluation import FastCOCOEvaluator
+
+    data, names = written_set
+    names.append(f"test_dev_like_{uuid.uuid4().hex[:6]}")
+    json_file = _write_registered(tmp_path, names[0], {k: v for k, v in data.items()
+                                                       if k != "annotations"})
+    detectron2_logger = logging.getLogger("detectron2")
+    detectron2_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            FastCOCOEvaluator(names[0], tasks=("bbox",))
+    finally:
+        detectron2_logger.removeHandler(caplog.handler)
+    assert f"{json_file} has no annotations: the predictions are written, and no AP" in caplog.text

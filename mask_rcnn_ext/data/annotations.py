@@ -15,14 +15,17 @@ from collections import Counter
 import numpy as np
 from detectron2.structures import BoxMode
 
-__all__ = ["DEGENERATE_KINDS", "drop_degenerate_annotations"]
+__all__ = ["DEGENERATE_KINDS", "check_mask_format", "degenerate_coco_annotations",
+           "drop_degenerate_annotations"]
 
 # Why an annotation is dropped, as the log says it.
 DEGENERATE_KINDS = {
+    "malformed_box": "a missing box, or one that is not 4 numbers",
     "non_finite_box": "a NaN or Inf box coordinate",
     "empty_box": "a box of zero or negative width or height",
     "box_outside_image": "a box wholly outside its image",
     "degenerate_polygons": "only degenerate polygons (< 3 points, NaN or Inf, or zero area)",
+    "some_degenerate_polygons": "degenerate polygons beside usable ones",
 }
 
 
@@ -40,8 +43,13 @@ def _is_usable_polygon(polygon) -> bool:
 
 def _degenerate_kind(annotation: dict, width: float | None, height: float | None) -> str | None:
     """Which of DEGENERATE_KINDS makes ``annotation`` unusable, or None if it is usable."""
-    box = np.asarray(BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"],
-                                     BoxMode.XYXY_ABS), dtype=np.float64)
+    try:
+        box = np.asarray(BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"],
+                                         BoxMode.XYXY_ABS), dtype=np.float64)
+    except (KeyError, TypeError, ValueError, AssertionError):  # BoxMode asserts 4 numbers
+        return "malformed_box"
+    if box.shape != (4,):
+        return "malformed_box"
     if not np.isfinite(box).all():
         return "non_finite_box"
     if box[2] <= box[0] or box[3] <= box[1]:
@@ -53,6 +61,27 @@ def _degenerate_kind(annotation: dict, width: float | None, height: float | None
     if isinstance(segmentation, list) and not any(map(_is_usable_polygon, segmentation)):
         return "degenerate_polygons"  # RLE masks (dicts) are taken as they are
     return None
+
+
+def degenerate_coco_annotations(coco: dict) -> list[tuple[object, str]]:
+    """``(annotation id, kind)`` for each non-crowd annotation of a COCO-format data set (the
+    dict of its JSON file) that training would drop or trim (see DEGENERATE_KINDS): the same rule
+    as :func:`drop_degenerate_annotations`, for ground truth that must be used as given."""
+    sizes = {image["id"]: (image.get("width"), image.get("height"))
+             for image in coco.get("images", [])}
+    found = []
+    for annotation in coco.get("annotations", []):
+        if annotation.get("iscrowd", 0):
+            continue
+        width, height = sizes.get(annotation.get("image_id"), (None, None))
+        kind = _degenerate_kind({**annotation, "bbox_mode": BoxMode.XYWH_ABS}, width, height)
+        segmentation = annotation.get("segmentation")
+        if kind is None and isinstance(segmentation, list) and not all(
+                map(_is_usable_polygon, segmentation)):
+            kind = "some_degenerate_polygons"
+        if kind is not None:
+            found.append((annotation.get("id"), kind))
+    return found
 
 
 def drop_degenerate_annotations(dataset_dicts: list[dict], description: str) -> list[dict]:
@@ -88,3 +117,19 @@ def drop_degenerate_annotations(dataset_dicts: list[dict], description: str) -> 
         logger.warning(f"Dropped {dropped_polygons} degenerate polygons in {description} from "
                        "annotations that keep other, usable polygons")
     return dataset_dicts
+
+
+def check_mask_format(dataset_dicts: list[dict], mask_format: str, description: str) -> None:
+    """Raise, naming the image, the annotation and the config key, if a non-crowd annotation's
+    mask is an RLE (a dict) while ``INPUT.MASK_FORMAT`` is "polygon": Detectron2 would fail on it
+    in the middle of training, with an error that names neither."""
+    if mask_format != "polygon":
+        return
+    for record in dataset_dicts:
+        for index, annotation in enumerate(record.get("annotations", [])):
+            if not annotation.get("iscrowd", 0) and isinstance(annotation.get("segmentation"),
+                                                               dict):
+                raise ValueError(
+                    f"{description}: annotation {index} of image {record['file_name']} has an "
+                    "RLE mask, and INPUT.MASK_FORMAT is 'polygon'; set INPUT.MASK_FORMAT bitmask "
+                    "to train on RLE masks")

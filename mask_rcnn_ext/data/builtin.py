@@ -7,6 +7,8 @@ Detectron2's builtin COCO names), written by ``python -m mask_rcnn_ext.data.synt
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,7 +20,23 @@ __all__ = ["register_coco_format", "register_synthetic"]
 SPLITS = ("train", "val")
 
 
-def _load(name: str, json_file: Path, image_root: Path) -> list[dict]:
+def _load_coco_json(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike
+                    ) -> list[dict]:
+    """Detectron2's ``load_coco_json``, naming the file when it is not valid JSON and warning
+    when it holds no annotations at all."""
+    try:
+        records = load_coco_json(str(json_file), str(image_root), name)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"data set {name!r}: {json_file} is not valid JSON ({error})") from error
+    if not any(record.get("annotations") for record in records):
+        logging.getLogger(__name__).warning(
+            f"data set {name!r}: {json_file} holds no annotations for its {len(records)} images "
+            "(no \"annotations\" list, or an empty one): it can only be predicted on, not "
+            "trained or evaluated on")
+    return records
+
+
+def _load_synthetic(name: str, json_file: Path, image_root: Path) -> list[dict]:
     if not json_file.is_file():
         raise FileNotFoundError(
             f"data set {name!r}: {json_file} does not exist. Generate the synthetic set with "
@@ -26,7 +44,7 @@ def _load(name: str, json_file: Path, image_root: Path) -> list[dict]:
             "`make demo`), or point "
             "DETECTRON2_DATASETS at the folder that holds synthetic/."
         )
-    return load_coco_json(str(json_file), str(image_root), name)
+    return _load_coco_json(name, json_file, image_root)
 
 
 def _register(name: str, loader, json_file, image_root) -> None:
@@ -46,8 +64,8 @@ def register_synthetic(root: str | os.PathLike | None = None) -> None:
         name = f"synthetic_{split}"
         json_file = base / "synthetic" / "annotations" / f"instances_{split}.json"
         image_root = base / "synthetic" / split
-        _register(name, lambda n=name, j=json_file, i=image_root: _load(n, j, i), json_file,
-                  image_root)
+        _register(name, lambda n=name, j=json_file, i=image_root: _load_synthetic(n, j, i),
+                  json_file, image_root)
 
 
 def register_coco_format(name: str, json_file: str, image_root: str) -> None:
@@ -57,4 +75,4 @@ def register_coco_format(name: str, json_file: str, image_root: str) -> None:
         raise FileNotFoundError(f"data set {name!r}: annotation file {json_file} does not exist")
     if not Path(image_root).is_dir():
         raise FileNotFoundError(f"data set {name!r}: image folder {image_root} does not exist")
-    _register(name, lambda: load_coco_json(json_file, image_root, name), json_file, image_root)
+    _register(name, lambda: _load_coco_json(name, json_file, image_root), json_file, image_root)
