@@ -17,9 +17,23 @@ from mask_rcnn_ext.data import register_coco_format
 from mask_rcnn_ext.engine import Trainer
 
 
+def argument_parser():
+    """Detectron2's ``default_argument_parser()`` plus this script's options; ``main`` and
+    ``setup`` also take the arguments of Detectron2's parser alone."""
+    parser = default_argument_parser()
+    parser.add_argument("--dataset", nargs=3, action="append", default=[],
+                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-format data set (repeatable)")
+    parser.add_argument("--skip-weight-checks", action="store_true",
+                        help="with --eval-only: evaluate weights that leave model weights unset "
+                             "(missing, or of another shape) or hold NaN or Inf, which is "
+                             "otherwise refused")
+    return parser
+
+
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
-    for name, json_file, image_root in [*cfg.DATASETS.COCO_FORMAT, *args.dataset]:
+    for name, json_file, image_root in [*cfg.DATASETS.COCO_FORMAT, *getattr(args, "dataset", [])]:
         register_coco_format(name, json_file, image_root)
     cfg.freeze()
     default_setup(cfg, args)
@@ -30,8 +44,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR,
+                         check_weights=not getattr(args, "skip_weight_checks", False)
+                         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -39,10 +54,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = default_argument_parser()
-    parser.add_argument("--dataset", nargs=3, action="append", default=[],
-                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-                        help="register a COCO-format data set (repeatable)")
-    args = parser.parse_args()
+    args = argument_parser().parse_args()
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -15,9 +15,12 @@ code from the file.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import pickle
-import tempfile
+import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -26,26 +29,84 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["SafeCheckpointer", "UnsafeCheckpointError", "load_pickled_arrays"]
+__all__ = ["SafeCheckpointer", "UnsafeCheckpointError", "UnusableWeightsError",
+           "load_pickled_arrays", "remove_interrupted_saves"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint asks to build Python objects other than tensors and arrays."""
 
 
+class UnusableWeightsError(ValueError):
+    """Weights to evaluate or predict with that leave model weights unset, or hold NaN or Inf."""
+
+
+_OVERRIDE_HINT = ("To use them anyway: train_net.py --eval-only --skip-weight-checks, "
+                  "Predictor(cfg, check_weights=False), or export --skip-weight-checks.")
+
+
+def _first(names: list[str], count: int = 5) -> str:
+    return ", ".join(names[:count]) + (f", ... ({len(names) - count} more)"
+                                       if len(names) > count else "")
+
+
+# The temporary file of a save: "." + the target's name + "." + 8 characters. A save killed
+# mid-write (SIGKILL, power loss) leaves one behind; only names of this pattern are ever removed.
+# (Earlier versions named them with tempfile.mkstemp, whose alphabet adds "_".)
+_TEMPORARY_FILE = re.compile(r"^\.(?:.+\.pth|last_checkpoint)\.[a-z0-9_]{8}$")
+
+
 def _write_atomically(path: str, write: Callable[[object], None], mode: str) -> None:
     folder = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
+    while True:
+        temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}")
+        try:
+            # Mode 0o666 less the umask, as for any file the process creates (mkstemp: 0o600).
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(handle, mode) as stream:
+            # Held until the file is renamed: a save in progress is locked, the leftover of a
+            # killed one is not (the kernel releases a dead process's locks).
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+            os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def remove_interrupted_saves(folder: str) -> list[str]:
+    """Remove the temporary files that saves killed mid-write left in ``folder``: only names of
+    this module's pattern, and only files no process holds locked (a save in progress does).
+    Logs their names and total size; returns their paths."""
+    removed, total = [], 0
+    for name in sorted(os.listdir(folder)):
+        if not _TEMPORARY_FILE.match(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as stream:
+                try:
+                    fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # being written by a running save
+                total += os.fstat(stream.fileno()).st_size
+                os.remove(path)
+        except FileNotFoundError:
+            continue  # renamed by its save meanwhile
+        removed.append(path)
+    if removed:
+        names = ", ".join(map(os.path.basename, removed))
+        logging.getLogger(__name__).warning(
+            f"Removed {len(removed)} temporary file(s) ({total / 2**20:.1f} MiB) left in {folder} "
+            f"by checkpoint saves that were interrupted: {names}")
+    return removed
 
 
 # What a pickled dict of NumPy arrays needs (from NumPy 1 and 2 writers), and nothing else.
@@ -83,7 +144,60 @@ def load_pickled_arrays(stream) -> object:
 
 
 class SafeCheckpointer(DetectionCheckpointer):
-    """Detectron2's DetectionCheckpointer with atomic, finite-only saving and safe loading."""
+    """Detectron2's DetectionCheckpointer with atomic, finite-only saving and safe loading.
+
+    Made to save into a folder, it first removes what interrupted saves left there
+    (:func:`remove_interrupted_saves`)."""
+
+    def __init__(self, model, save_dir: str = "", *, check_weights: bool = False, **kwargs):
+        """``check_weights``: for evaluation and inference, :meth:`load` raises
+        :class:`UnusableWeightsError` unless the file sets every weight of the model (none
+        missing, none of another shape) and all loaded weights are finite."""
+        super().__init__(model, save_dir, **kwargs)
+        self.check_weights = check_weights
+        self._incompatible = None
+        if self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir):
+            remove_interrupted_saves(self.save_dir)
+
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict:
+        if self.check_weights and not path:
+            raise UnusableWeightsError(
+                "no weights given (MODEL.WEIGHTS is empty): the model would predict with its "
+                f"random initial weights. {_OVERRIDE_HINT}")
+        self._incompatible = None
+        loaded = super().load(path, checkpointables)
+        if self.check_weights:
+            self._check_loaded(path)
+        return loaded
+
+    def _load_model(self, checkpoint: dict):
+        self._incompatible = super()._load_model(checkpoint)
+        return self._incompatible
+
+    def _check_loaded(self, path: str) -> None:
+        problems = []
+        if self._incompatible is not None:
+            shapes = self._incompatible.incorrect_shapes
+            # fvcore lists the keys it skipped for their shape as missing too.
+            mis_shaped = {key for key, _, _ in shapes}
+            missing = [key for key in self._incompatible.missing_keys if key not in mis_shaped]
+            if missing:
+                problems.append(f"{len(missing)} weight(s) of the model are not in it "
+                                f"({_first(missing)})")
+            if shapes:
+                problems.append(f"{len(shapes)} weight(s) have another shape in it than in the "
+                                "model ("
+                                + _first([f"{key}: {tuple(file)} in the file, {tuple(model)} in "
+                                          "the model" for key, file, model in shapes]) + ")")
+        non_finite = [key for key, tensor in self.model.state_dict().items()
+                      if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if non_finite:
+            problems.append(f"{len(non_finite)} weight(s) hold NaN or Inf ({_first(non_finite)})")
+        if problems:
+            raise UnusableWeightsError(
+                f"{path} does not fit this model: {'; '.join(problems)}. Predictions would come "
+                "from random or broken weights; check MODEL.WEIGHTS and the config (e.g. "
+                f"MODEL.ROI_HEADS.NUM_CLASSES, the heads' names). {_OVERRIDE_HINT}")
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:

@@ -102,6 +102,19 @@ class Trainer(DefaultTrainer):
                 "`--resume` continues from it (a lower SOLVER.BASE_LR or longer "
                 "SOLVER.WARMUP_ITERS may avoid the divergence).")
 
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's, and when a resumed run has no iterations left but its
+        ``model_final.pth`` is missing (a save killed mid-write), it is written from the last
+        checkpoint, which holds the same final weights: else no later run would ever write it."""
+        super().resume_or_load(resume=resume)
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        if (resume and self.start_iter >= self.max_iter and comm.is_main_process()
+                and not os.path.exists(final)):
+            logging.getLogger(__name__).warning(
+                f"All {self.max_iter} iterations were done, but {final} is missing (its save was "
+                f"interrupted): writing it from {self.checkpointer.get_checkpoint_file()}")
+            self.checkpointer.save("model_final", iteration=self.start_iter - 1)
+
     def build_hooks(self):
         # DefaultTrainer made its checkpointer just before; the periodic-checkpoint hook and
         # resume_or_load use this one instead.
@@ -153,15 +166,20 @@ class Trainer(DefaultTrainer):
 class Predictor(DefaultPredictor):
     """Detectron2's DefaultPredictor (one BGR/RGB image in, its ``instances`` out), loading
     ``MODEL.WEIGHTS`` with :class:`SafeCheckpointer` (DefaultPredictor unpickles ``.pkl`` weights
-    with ``pickle``, which runs any code the file names) and applying ``MODEL.SPEEDUPS``."""
+    with ``pickle``, which runs any code the file names) and applying ``MODEL.SPEEDUPS``.
 
-    def __init__(self, cfg):
+    ``check_weights``: refuse weights that leave model weights unset (missing or of another
+    shape, e.g. a checkpoint trained with another NUM_CLASSES) or hold NaN or Inf
+    (:class:`~mask_rcnn_ext.checkpoint.UnusableWeightsError`); DefaultPredictor only logs the
+    mismatch and predicts with random weights."""
+
+    def __init__(self, cfg, *, check_weights: bool = True):
         # The parent's __init__ would load the weights with DetectionCheckpointer; the rest of
         # the set-up is the parent's, attribute for attribute, so its __call__ works unchanged.
         self.cfg = cfg.clone()
         self.model = apply_speedups(build_model(self.cfg).eval(), self.cfg)
         if cfg.DATASETS.TEST:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        SafeCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        SafeCheckpointer(self.model, check_weights=check_weights).load(cfg.MODEL.WEIGHTS)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT

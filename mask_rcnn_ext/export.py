@@ -165,6 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, type=Path, metavar="DIR")
     parser.add_argument("--sample-image", metavar="IMAGE",
                         help="image to trace and check on (default: a synthetic image)")
+    parser.add_argument("--skip-weight-checks", action="store_true",
+                        help="export weights that leave model weights unset (missing, or of "
+                             "another shape) or hold NaN or Inf, which is otherwise refused")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides, e.g. MODEL.WEIGHTS output/model_final.pth")
     return parser
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO)
     cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
-    SafeCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    SafeCheckpointer(model, check_weights=not args.skip_weight_checks).load(cfg.MODEL.WEIGHTS)
     image = sample_image(cfg, args.sample_image)
     path = export(model, image, args.output, args.format, args.method)
     differences = compare(model, path, image, args.method)

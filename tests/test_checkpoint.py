@@ -1,6 +1,10 @@
-"""Checkpoints are written atomically: dying mid-write keeps the last complete one loadable."""
+"""Checkpoints are written atomically (dying mid-write keeps the last complete one loadable, and
+the next run removes what the dead save left), honour the umask, load without running code, and
+refuse, for evaluation and prediction, weights that do not fit the model or are not finite."""
 
+import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +13,10 @@ from torch import nn
 
 from helpers import small_mask_rcnn_cfg
 from mask_rcnn_ext import checkpoint as checkpoint_module
+from mask_rcnn_ext import load_config
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
 
+ROOT = Path(__file__).parent.parent
 _REAL_SAVE = torch.save
 
 
@@ -202,3 +208,160 @@ def test_predictor_matches_default_predictor_and_refuses_unsafe_weights(tmp_path
     with pytest.raises(UnsafeCheckpointError):
         Predictor(cfg)
     assert not (tmp_path / "code_ran").exists()
+
+
+# --- interrupted runs, file modes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoints_honour_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        SafeCheckpointer(_model(1.0), str(tmp_path)).save("model_final")
+        (tmp_path / "reference").write_text("")  # any file this process creates
+    finally:
+        os.umask(previous)
+    expected = (tmp_path / "reference").stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for name in ("model_final.pth", "last_checkpoint"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected
+
+
+_KILLED_MID_SAVE = """
+import os, signal, sys, torch
+from torch import nn
+from mask_rcnn_ext import checkpoint
+
+def dying_save(data, stream):
+    stream.write(b"half a checkpoint")
+    stream.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.torch.save = dying_save
+checkpoint.SafeCheckpointer(nn.Linear(4, 4), sys.argv[1]).save("model_final")
+"""
+
+
+def test_saves_killed_mid_write_leave_files_that_the_next_run_removes(tmp_path, caplog):
+    import fcntl
+    import subprocess
+    import sys
+
+    SafeCheckpointer(_model(1.0), str(tmp_path)).save("model_0000001")
+    leftovers = []
+    for _ in range(2):
+        killed = subprocess.run([sys.executable, "-c", _KILLED_MID_SAVE, str(tmp_path)],
+                                capture_output=True, text=True)
+        assert killed.returncode == -9
+        # What kill -9 leaves (nothing can run after it); the next run removes it.
+        assert ("Removed 1 temporary file(s)" in killed.stderr) == bool(leftovers)
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".model_final")]
+        assert len(leftovers) == 1
+    (tmp_path / ".last_checkpoint.ab_cd123").write_text("from an earlier version")
+    # Not ours, or in use: kept. A save in progress holds a lock on its temporary file.
+    kept = ["notes.txt", ".model_final.pth.ABCDEFGH", ".model_final.pth.abc", "model_x.pth.tmp"]
+    for name in kept:
+        (tmp_path / name).write_text("keep")
+    in_progress = tmp_path / ".model_0000002.pth.0123abcd"
+    with open(in_progress, "wb") as stream:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
+        with caplog.at_level(logging.WARNING):
+            resumed = _model(0.0)
+            checkpointer = SafeCheckpointer(resumed, str(tmp_path))
+    assert f"Removed 2 temporary file(s) (0.0 MiB) left in {tmp_path}" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*kept, in_progress.name, "last_checkpoint", "model_0000001.pth"])
+    assert checkpointer.resume_or_load("", resume=True) is not None
+    assert torch.all(resumed.weight == 1.0)
+
+
+def test_a_resumed_run_with_no_iterations_left_writes_its_missing_model_final(tiny_coco_dataset,
+                                                                              tmp_path, caplog):
+    from mask_rcnn_ext.engine import Trainer
+
+    cfg = small_mask_rcnn_cfg(tiny_coco_dataset, tmp_path, depth=18)  # 2 iterations, period 1
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    expected = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    # A kill during the final save: model_final.pth never appeared, last_checkpoint names the
+    # periodic checkpoint saved just before it, at the same iteration.
+    (tmp_path / "model_final.pth").unlink()
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+
+    resumed = Trainer(cfg)
+    with caplog.at_level(logging.WARNING):
+        resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    assert (f"All 2 iterations were done, but {tmp_path / 'model_final.pth'} is missing"
+            in caplog.text)
+    written = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert written["iteration"] == expected["iteration"] == 1
+    assert written["model"].keys() == expected["model"].keys()
+    assert all(torch.equal(written["model"][key], expected["model"][key])
+               for key in expected["model"])
+
+
+# --- weights to evaluate or predict with ----------------------------------------------------------
+
+def _saved_weights(tmp_path, name, cfg, edit=None):
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if edit is not None:
+        edit(model)
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+def test_unusable_weights_are_refused_for_evaluation_and_prediction(tmp_path):
+    import sys
+
+    from detectron2.engine import default_argument_parser
+
+    from mask_rcnn_ext.checkpoint import UnusableWeightsError
+    from mask_rcnn_ext.engine import Predictor
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train_net
+    finally:
+        sys.path.remove(str(ROOT))
+    config = str(ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml")
+    cfg = load_config(config)
+    other_classes = cfg.clone()
+    other_classes.MODEL.ROI_HEADS.NUM_CLASSES = 7
+    no_mask = cfg.clone()
+    no_mask.MODEL.MASK_ON = False
+    weights = {
+        "good": _saved_weights(tmp_path, "good", cfg),
+        "other_classes": _saved_weights(tmp_path, "other_classes", other_classes),
+        "no_mask_head": _saved_weights(tmp_path, "no_mask_head", no_mask),
+        "nan": _saved_weights(tmp_path, "nan", cfg, lambda model: torch.nn.init.constant_(
+            model.roi_heads.box_predictor.cls_score.bias, float("nan"))),
+    }
+    expected = {
+        "other_classes": r"6 weight\(s\) have another shape in it than in the model \(roi_heads."
+                         r"box_predictor."
+                         r"cls_score.weight: \(8, 512\) in the file, \(5, 512\) in the model",
+        "no_mask_head": r"weight\(s\) of the model are not in it \(roi_heads.mask_head.",
+        "nan": r"1 weight\(s\) hold NaN or Inf \(roi_heads.box_predictor.cls_score.bias\)",
+    }
+    for name, message in expected.items():
+        cfg.MODEL.WEIGHTS = weights[name]
+        with pytest.raises(UnusableWeightsError, match=f"{weights[name]} does not fit this model: "
+                                                       f".*{message}"):
+            Predictor(cfg)
+        arguments = ["--config-file", config, "--eval-only", "MODEL.WEIGHTS", weights[name],
+                     "OUTPUT_DIR", str(tmp_path / "out")]
+        # train_net.main takes the arguments of Detectron2's own parser too.
+        for parser in (train_net.argument_parser(), default_argument_parser()):
+            with pytest.raises(UnusableWeightsError, match="--skip-weight-checks"):
+                train_net.main(parser.parse_args(arguments))
+        Predictor(cfg, check_weights=False)  # the user opted in: loaded, as Detectron2 would
+    cfg.MODEL.WEIGHTS = weights["good"]
+    Predictor(cfg)
+    cfg.MODEL.WEIGHTS = ""
+    with pytest.raises(UnusableWeightsError, match="no weights given"):
+        Predictor(cfg)

@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 
 from benchmarks.models import synthetic_images
 from mask_rcnn_ext import export, load_config
+from mask_rcnn_ext.checkpoint import UnusableWeightsError
 
 CONFIG = "configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml"
 POOLER_TYPES = ("ROIAlignV2", "ROIAlignMax", "PreciseROIPool", "ROIWarp", "ROIPool")
@@ -100,9 +101,11 @@ def test_onnx_export_refuses_scripting_by_name(tmp_path):
 
 
 def test_command_line_writes_the_model_and_prints_the_differences(tmp_path, capsys):
-    differences = export.main(["--config-file", CONFIG, "--format", "torchscript",
-                               "--output", str(tmp_path), "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-                               "0.0"])
+    arguments = ["--config-file", CONFIG, "--format", "torchscript", "--output", str(tmp_path),
+                 "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    with pytest.raises(UnusableWeightsError, match="no weights given"):
+        export.main(arguments)  # this config has no MODEL.WEIGHTS: random weights are refused
+    differences = export.main(["--skip-weight-checks", *arguments])
     loaded = torch.jit.load(str(tmp_path / "model.ts"))
     names = (tmp_path / "outputs.txt").read_text().split()
     outputs = loaded(export.sample_image(_model("ROIAlignV2")[1]))
