@@ -4,6 +4,7 @@ channels-last features, against an independent float64 reference; gradients by f
 differences in float64, and every other dtype, device and layout against that gradient. Then the
 export forms (traced, scripted, ONNX Runtime) of every type against the same references."""
 
+import contextlib
 import functools
 import io
 from unittest import mock
@@ -176,3 +177,63 @@ def test_traced_op_runs_the_traceable_formulation_only_while_tracing():
         assert traced.call_count == 0
         torch.jit.trace(op, (_TRACE_FEATURES, _TRACE_BOXES))
         assert traced.call_count > 0
+
+
+# --- inputs that are not ordinary ---------------------------------------------------------------
+
+# Each (pooler type, backend forced on CPU): every implementation an input can reach.
+_BACKEND_CASES = [(t, "separable") for t in POOLER_TYPES if t != "ROIPool"] + [
+    ("ROIAlignV2", "torchvision"), ("ROIAlign", "torchvision"), ("ROIPool", None)]
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("pooler_type, backend", _BACKEND_CASES)
+def test_boxes_with_nan_or_inf_pool_to_zeros_and_leave_the_others_alone(pooler_type, backend):
+    """torchvision's kernels read out of bounds or crash (a segmentation fault with a fixed
+    sampling ratio) on such boxes; ours gave NaN or an IndexError."""
+    from mask_rcnn_ext.layers import backends
+
+    bad = torch.tensor([[0, NAN, 1, 5, 5], [1, 1, 1, INF, 5], [0, -INF, -INF, INF, INF],
+                        [1, 2, 2, NAN, NAN]], dtype=torch.float64)
+    boxes = torch.cat((BOXES[:3], bad, BOXES[3:]))
+    good_rows = torch.tensor([0, 1, 2, 7, 8, 9, 10])
+    features = _features(torch.float64).requires_grad_(True)
+    op = _op(pooler_type)
+    forcing = backends.forced(backend) if backend else contextlib.nullcontext()
+    with forcing:
+        output = op(features, boxes)
+        (gradient,) = torch.autograd.grad((output * output.detach().sin()).sum(), features)
+        expected = op(features, BOXES)
+        (expected_gradient,) = torch.autograd.grad((expected * expected.detach().sin()).sum(),
+                                                   features)
+    assert torch.equal(output[good_rows], expected)
+    assert torch.equal(output[3:7], torch.zeros_like(output[3:7]))
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-12, atol=1e-12)
+
+
+def test_precise_pooling_gives_nan_boxes_no_gradient():
+    from mask_rcnn_ext.layers import precise_roi_pool
+
+    boxes = torch.cat((BOXES[:2], torch.tensor([[0, NAN, 1, 5, 5]], dtype=torch.float64))
+                      ).requires_grad_(True)
+    output = precise_roi_pool(_features(torch.float64), boxes, OUTPUT_SIZE, SCALE, aligned=True)
+    (gradient,) = torch.autograd.grad(output.sum(), boxes)
+    assert torch.isfinite(gradient).all() and torch.equal(gradient[2], torch.zeros(5).double())
+    assert gradient[:2, 1:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("index", [-1, 2, 0.5, NAN])
+@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+def test_batch_indices_that_are_not_an_image_are_refused(pooler_type, index):
+    boxes = BOXES.clone()
+    boxes[4, 0] = index  # -1 used to pool the last image, as a negative Python index
+    with pytest.raises(ValueError, match=f"boxes row 4: batch index {float(index)} is not the "
+                                         "index of "
+                                         "one of the 2 images"):
+        _op(pooler_type)(_features(torch.float64), boxes)
+
+
+@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+def test_features_without_channels_give_an_empty_output(pooler_type):
+    output = _op(pooler_type)(torch.zeros(2, 0, 10, 13, dtype=torch.float64), BOXES)
+    assert output.shape == (len(BOXES), 0, *OUTPUT_SIZE)

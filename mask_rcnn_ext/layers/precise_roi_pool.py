@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from . import traceable
-from ._utils import as_rois
+from ._utils import as_rois, checked_rois
 from .backends import Backend, choose_backend, full_precision, triton_ops
 from .separable import AxisWeights, pool_separable, window_pixels
 from .traceable import integrated_bin_weights, scaled_boxes
@@ -54,6 +54,7 @@ class IntegratedBins(AxisWeights):
                                       pixels)
 
 
+@checked_rois
 def precise_roi_pool(
     input: Tensor,
     boxes: Tensor | list[Tensor],

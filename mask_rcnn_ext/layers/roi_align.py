@@ -33,7 +33,7 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_align as torchvision_roi_align
 
 from . import traceable
-from ._utils import as_rois
+from ._utils import as_rois, checked_rois
 from .backends import Backend, choose_backend, compute_dtype, full_precision, triton_ops
 from .separable import AxisWeights, pool_separable, window_columns, window_pixels
 from .traceable import bilinear_sample_positions, bilinear_sample_weights, scaled_boxes
@@ -153,6 +153,7 @@ def _bin_maximum(axis_y: BilinearSamples, axis_x: BilinearSamples):
     return reduce
 
 
+@checked_rois
 def roi_align(
     input: Tensor,
     boxes: Tensor | list[Tensor],

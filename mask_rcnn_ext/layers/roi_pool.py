@@ -14,12 +14,13 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
 from . import traceable
-from ._utils import ScaledRoIModule, as_rois
+from ._utils import ScaledRoIModule, as_rois, checked_rois
 from .backends import full_precision
 
 __all__ = ["roi_pool", "ROIPool"]
 
 
+@checked_rois
 def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tuple[int, int],
              spatial_scale: float = 1.0) -> Tensor:
     """torchvision's ``roi_pool`` with float32 boxes -> (K, C, P, Q) in the features' dtype.

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from . import traceable
-from ._utils import ScaledRoIModule, as_rois
+from ._utils import ScaledRoIModule, as_rois, checked_rois
 from .backends import Backend, choose_backend, full_precision, triton_ops
 from .separable import AxisWeights, pool_separable, window_pixels
 from .traceable import quantised_crop, resized_crop_weights
@@ -41,6 +41,7 @@ def quantised_crop_extent(low: Tensor, high: Tensor, size: int) -> tuple[Tensor,
     return first.long(), (last - first).long() + 1
 
 
+@checked_rois
 def roi_warp(
     input: Tensor,
     boxes: Tensor | list[Tensor],
