@@ -6,6 +6,7 @@ every name in ``mask_rcnn_ext.modeling.POOLER_REGISTRY`` once the ROI heads are
 """
 
 import logging
+import os
 from pathlib import Path
 
 import yaml
@@ -77,6 +78,7 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CN:
         raise ValueError(f"config file {config_file} is empty")
     cfg = add_mask_rcnn_ext_config(get_cfg())
     try:
+        _check_bases(str(path), [])
         cfg.merge_from_file(str(path), allow_unsafe=False)
     except yaml.constructor.ConstructorError as error:
         raise ValueError(
@@ -92,7 +94,51 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CN:
         if "Non-existent" in message:
             raise KeyError(_unknown_key_hint(message)) from error
         raise ValueError(message) from error
+    _check_counts(cfg, config_file)
     return upgrade_deprecated_keys(cfg)
+
+
+# Counts that must be positive integers; Detectron2 fails on them late (a negative MAX_ITER trains
+# nothing and then fails in the LR scheduler; 0 classes fails in the heads' loss), naming no key.
+_POSITIVE_COUNTS = ("SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.CHECKPOINT_PERIOD",
+                    "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+                    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "TEST.DETECTIONS_PER_IMAGE")
+
+
+def _check_counts(cfg: CN, config_file: str) -> None:
+    for key in _POSITIVE_COUNTS:
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {value!r} (from "
+                             f"{config_file} and the command-line options)")
+
+
+def _check_bases(config_file: str, including: list[str]) -> None:
+    """Raise, naming the files, if the ``_BASE_`` chain of ``config_file`` (resolved as fvcore's
+    ``load_yaml_with_base`` resolves it) has a cycle or a missing file; ``including`` lists the
+    files that led to it. fvcore would recurse until a RecursionError naming no file, or name a
+    missing base without the file that refers to it."""
+    resolved = os.path.realpath(config_file)
+    chain = [*including, config_file]
+    if resolved in map(os.path.realpath, including):
+        raise ValueError("config files include each other through _BASE_: "
+                         + " -> ".join(chain))
+    with open(config_file) as stream:
+        content = yaml.safe_load(stream) or {}
+    bases = content.get("_BASE_", []) if isinstance(content, dict) else []
+    for base in bases if isinstance(bases, list) else [bases]:
+        base = os.path.expanduser(base) if base.startswith("~") else base
+        if base.startswith(("http://", "https://")):
+            continue  # fetched by fvcore's path manager
+        if not base.startswith("/"):
+            base = os.path.join(os.path.dirname(config_file), base)
+        if not os.path.isfile(base):
+            raise FileNotFoundError(f"config file {base}, the _BASE_ of {config_file}, does not "
+                                    "exist" + "".join(f" (included by {f})"
+                                                      for f in reversed(including)))
+        _check_bases(base, chain)
 
 
 def upgrade_deprecated_keys(cfg: CN) -> CN:

@@ -52,3 +52,33 @@ def test_yaml_that_constructs_python_objects_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"refusing to load .*evil\.yaml.*construct"):
         load_config(str(config))
     assert not marker.exists()
+
+
+def test_base_cycles_and_missing_bases_name_the_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\nSOLVER:\n  MAX_ITER: 3\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: [./a.yaml]\n")  # the same file, spelt otherwise
+    with pytest.raises(ValueError, match=r"config files include each other through _BASE_: "
+                                         r".*a\.yaml -> .*b\.yaml -> .*a\.yaml$"):
+        load_config(str(tmp_path / "a.yaml"))
+
+    (tmp_path / "child.yaml").write_text("_BASE_: parent.yaml\n")
+    (tmp_path / "parent.yaml").write_text("_BASE_: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"config file .*gone\.yaml, the _BASE_ of "
+                                                r".*parent\.yaml, does not exist \(included by "
+                                                r".*child\.yaml\)"):
+        load_config(str(tmp_path / "child.yaml"))
+
+
+@pytest.mark.parametrize("key, value", [("SOLVER.MAX_ITER", "-5"), ("SOLVER.MAX_ITER", "0"),
+                                        ("MODEL.ROI_HEADS.NUM_CLASSES", "0"),
+                                        ("SOLVER.IMS_PER_BATCH", "-2")])
+def test_counts_that_are_not_positive_integers_name_the_key(key, value, tmp_path):
+    with pytest.raises(ValueError, match=rf"{key} must be a positive integer, got {value}"):
+        load_config(str(CONFIG), [key, value])
+    config = tmp_path / "bad.yaml"
+    section, *rest = key.split(".")
+    nested = "".join(f"\n{'  ' * (depth + 1)}{part}:" for depth, part in enumerate(rest[:-1]))
+    config.write_text(f"_BASE_: {CONFIG}\n{section}:{nested}\n{'  ' * len(rest)}{rest[-1]}: "
+                      f"{value}\n")
+    with pytest.raises(ValueError, match=rf"{key} must be a positive integer.*bad\.yaml"):
+        load_config(str(config))
