@@ -9,12 +9,12 @@
         DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
 """
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
 from mask_rcnn_ext.data import register_coco_format
-from mask_rcnn_ext.engine import Trainer
+from mask_rcnn_ext.engine import Trainer, launch
 
 
 def argument_parser():

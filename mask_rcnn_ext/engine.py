@@ -1,16 +1,20 @@
 """Training and evaluation on Detectron2's engine, on GPUs or on CPU-only machines.
 
-Several processes are started by Detectron2's own ``launch`` (which uses gloo without a GPU; on
-v0.6 through the compat layer's fix "launch-on-cpu-with-gloo"). Detectron2's
-``create_ddp_model`` passes ``device_ids`` even for CPU modules, which DistributedDataParallel
-rejects, in v0.6 and upstream alike: :class:`Trainer` wraps CPU models without them.
+Several processes are started by :func:`launch`, Detectron2's own ``launch`` (which uses gloo
+without a GPU; on v0.6 through the compat layer's fix "launch-on-cpu-with-gloo") whose workers
+stop when the launching process dies. Detectron2's ``create_ddp_model`` passes ``device_ids``
+even for CPU modules, which DistributedDataParallel rejects, in v0.6 and upstream alike:
+:class:`Trainer` wraps CPU models without them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
+import signal
 
 import detectron2.data.transforms as T
 import detectron2.engine.defaults as detectron2_defaults
@@ -23,6 +27,7 @@ from detectron2.data import (
 )
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.engine import DefaultPredictor, DefaultTrainer
+from detectron2.engine import launch as detectron2_launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
@@ -32,7 +37,32 @@ from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
 from .modeling.speedups import apply_speedups
 
-__all__ = ["Predictor", "Trainer"]
+__all__ = ["Predictor", "Trainer", "launch"]
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _stop_with_launcher(launcher: int, main_func, *args):
+    """Run ``main_func(*args)`` in a worker that receives SIGTERM when its launcher dies.
+
+    PyTorch's spawn asks for SIGINT on the parent's death, but a process started in the
+    background (``cmd &``, nohup, most job schedulers) ignores SIGINT, so the workers of a killed
+    launcher trained on to the end. SIGTERM ends a Python process unless it installs a handler."""
+    if os.getpid() != launcher and hasattr(ctypes.CDLL(None), "prctl"):  # Linux; else no effect
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != launcher:  # it died before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+    return main_func(*args)
+
+
+def launch(main_func, num_gpus_per_machine: int, *args, **kwargs) -> None:
+    """Detectron2's ``launch`` (same arguments), whose worker processes stop when the launching
+    process dies (killed, or ended by its job scheduler) instead of training on."""
+    detectron2_launch(functools.partial(_stop_with_launcher, os.getpid(), main_func),
+                      num_gpus_per_machine, *args, **kwargs)
 
 
 @contextlib.contextmanager
