@@ -2,7 +2,11 @@
 check the exported model against eager PyTorch on a sample image::
 
     python -m mask_rcnn_ext.export --config-file CFG --format {torchscript,onnx} --output DIR \\
-        [--method {tracing,scripting}] [--sample-image IMAGE] [MODEL.WEIGHTS PATH ...]
+        [--method {tracing,scripting}] [--sample-image IMAGE] [--skip-weight-checks] \\
+        [MODEL.WEIGHTS PATH ...]
+
+Weights that leave model weights unset or hold NaN or Inf, or none at all, are refused unless
+``--skip-weight-checks`` is given (:class:`~mask_rcnn_ext.checkpoint.SafeCheckpointer`).
 
 As in Detectron2's deployment tools: the exported model runs the network on one image that is
 already resized (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), as a (3, H, W) tensor in
