@@ -41,11 +41,13 @@ clean:
 .PHONY: demo
 DEMO_CONFIG ?= configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml
 DEMO_OUTPUT ?= output/demo
-DEMO_IMAGES := $(foreach i,0 1 2 3,datasets/synthetic/val/00000$(i).png)
+# Where the builtin synthetic names read the data (mask_rcnn_ext.data.builtin.datasets_root).
+DATA_ROOT := $(or $(DETECTRON2_DATASETS),datasets)
+DEMO_IMAGES := $(foreach i,0 1 2 3,$(DATA_ROOT)/synthetic/val/00000$(i).png)
 # The main job on the embedded data: generate it if missing, train our heads on CPU (~9 min on
 # 2 cores), evaluate (bbox and segm AP), and draw predictions on a few validation images.
 demo: setup
-	@test -f datasets/synthetic/annotations/instances_val.json || $(PY) datasets/prepare_synthetic.py
+	@test -f $(DATA_ROOT)/synthetic/annotations/instances_val.json || $(PY) datasets/prepare_synthetic.py
 	$(PY) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
 	$(PY) demo.py --config-file $(DEMO_CONFIG) --input $(DEMO_IMAGES) \
 		--output $(DEMO_OUTPUT)/visualizations --confidence-threshold 0.3 \
@@ -66,7 +68,7 @@ bench: setup
 # The accuracy study on the synthetic set (not in CI; long on CPU): stock Mask R-CNN and our
 # variants, 2 seeds each; writes benchmarks/results/ablation.{json,md}. Reruns reuse finished runs.
 ablation: setup
-	@test -f datasets/synthetic/annotations/instances_val.json || $(PY) datasets/prepare_synthetic.py
+	@test -f $(DATA_ROOT)/synthetic/annotations/instances_val.json || $(PY) datasets/prepare_synthetic.py
 	$(PY) -m benchmarks.ablation
 
 .PHONY: bench-gpu

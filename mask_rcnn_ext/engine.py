@@ -15,9 +15,12 @@ import functools
 import logging
 import os
 import signal
+from collections import defaultdict
+from collections.abc import Sequence
 
 import detectron2.data.transforms as T
 import detectron2.engine.defaults as detectron2_defaults
+import numpy as np
 import torch
 from detectron2.data import (
     MetadataCatalog,
@@ -37,7 +40,7 @@ from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
 from .modeling.speedups import apply_speedups
 
-__all__ = ["Predictor", "Trainer", "launch"]
+__all__ = ["BatchPredictor", "Predictor", "Trainer", "launch"]
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -213,3 +216,45 @@ class Predictor(DefaultPredictor):
         SafeCheckpointer(self.model, check_weights=check_weights).load(cfg.MODEL.WEIGHTS)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
+
+
+class BatchPredictor(Predictor):
+    """:class:`Predictor` for many images: ``predictor([image, ...])`` -> their outputs, in order
+    (each a dict with ``instances``), each what ``Predictor`` gives for that image alone.
+
+    Images whose resized and padded sizes are equal run through the model together,
+    ``batch_size`` at a time, in any order of the list. Images of different sizes are never
+    batched with each other: padding an image to a larger one's size changes its features near its
+    borders (convolutions see features computed in the padding, not zeros) and, with group norm,
+    everywhere. Each batch is prepared when it runs, so a long list costs the memory of one batch.
+    """
+
+    def __init__(self, cfg, *, batch_size: int = 4, check_weights: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        super().__init__(cfg, check_weights=check_weights)
+        self.batch_size = batch_size
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[dict]:
+        divisor = max(self.model.backbone.size_divisibility, 1)
+        same_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            resize = self.aug.get_transform(image)
+            same_size[(-(-resize.new_h // divisor), -(-resize.new_w // divisor))].append(index)
+        outputs: list[dict] = [{}] * len(images)
+        with torch.no_grad():
+            for indices in same_size.values():
+                for start in range(0, len(indices), self.batch_size):
+                    batch = indices[start:start + self.batch_size]
+                    predicted = self.model([self._model_input(images[i]) for i in batch])
+                    for index, output in zip(batch, predicted, strict=True):
+                        outputs[index] = output
+        return outputs
+
+    def _model_input(self, image: np.ndarray) -> dict:
+        """The model's input for one (H, W, C) image in BGR order, as DefaultPredictor makes it."""
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        resized = self.aug.get_transform(image).apply_image(image)
+        return {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+                "height": image.shape[0], "width": image.shape[1]}

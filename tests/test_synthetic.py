@@ -143,3 +143,45 @@ def test_evaluation_problems_are_reproducible_and_consistent():
     for annotation in ground_truth["annotations"]:
         area = Polygon(np.reshape(annotation["segmentation"][0], (-1, 2))).area
         assert annotation["area"] == pytest.approx(area)
+
+
+_USER_SESSION = """
+import os, sys
+import mask_rcnn_ext
+from detectron2.data import DatasetCatalog, MetadataCatalog
+print("classes", MetadataCatalog.get("synthetic_val").thing_classes)  # before any loading
+print("default", len(DatasetCatalog.get("synthetic_val")))
+os.environ["DETECTRON2_DATASETS"] = sys.argv[1]  # set after the import, as in a notebook
+print("moved", len(DatasetCatalog.get("synthetic_train")), len(DatasetCatalog.get("synthetic_val")))
+print("json", MetadataCatalog.get("synthetic_val").json_file)
+"""
+
+
+def test_generator_and_registration_share_one_location_resolved_when_loading(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repository = Path(__file__).parents[1]
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "DETECTRON2_DATASETS"}
+    env["PYTHONWARNINGS"] = "ignore"
+    # Written with their defaults: where the builtin names read without DETECTRON2_DATASETS.
+    subprocess.run([sys.executable, str(repository / "datasets" / "prepare_synthetic.py"),
+                    "--train", "1", "--val", "2"], cwd=work, env=env, check=True,
+                   capture_output=True)
+    assert (work / "datasets" / "synthetic" / "annotations" / "instances_val.json").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    subprocess.run([sys.executable, "-m", "mask_rcnn_ext.data.synthetic", "--train", "3",
+                    "--val", "1"], cwd=work, env=dict(env, DETECTRON2_DATASETS=str(elsewhere)),
+                   check=True, capture_output=True)
+    result = subprocess.run([sys.executable, "-c", _USER_SESSION, str(elsewhere)], cwd=work,
+                            env=dict(env, PYTHONPATH=str(repository)), check=True,
+                            capture_output=True, text=True)
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["classes"] == str(list(synthetic.CATEGORIES))
+    assert lines["default"] == "2"
+    assert lines["moved"] == "3 1"
+    assert lines["json"] == str(elsewhere / "synthetic" / "annotations" / "instances_val.json")

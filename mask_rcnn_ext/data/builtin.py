@@ -1,8 +1,9 @@
-"""The embedded synthetic data set, registered as ``synthetic_train`` and ``synthetic_val``.
+"""The embedded synthetic data set, registered as ``synthetic_train`` and ``synthetic_val``, and
+the registration of COCO-format sets.
 
-Its files live under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``, as
-Detectron2's builtin COCO names), written by ``python -m mask_rcnn_ext.data.synthetic``
-(:mod:`mask_rcnn_ext.data.synthetic`).
+The synthetic files live under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``,
+as Detectron2's builtin COCO names; :func:`datasets_root`, read when a set is loaded), written
+there by ``python -m mask_rcnn_ext.data.synthetic`` and ``datasets/prepare_synthetic.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = ["register_coco_format", "register_synthetic"]
+from .synthetic import CATEGORIES
+
+__all__ = ["datasets_root", "register_coco_format", "register_synthetic"]
 
 SPLITS = ("train", "val")
 
@@ -36,7 +39,23 @@ def _load_coco_json(name: str, json_file: str | os.PathLike, image_root: str | o
     return records
 
 
-def _load_synthetic(name: str, json_file: Path, image_root: Path) -> list[dict]:
+def datasets_root() -> Path:
+    """Where builtin data sets live: ``$DETECTRON2_DATASETS``, default ``datasets`` (relative to
+    the working directory), as for Detectron2's builtin COCO names; read when called."""
+    return Path(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def _synthetic_paths(root: Path, split: str) -> tuple[Path, Path]:
+    folder = root / "synthetic"
+    return folder / "annotations" / f"instances_{split}.json", folder / split
+
+
+def _load_synthetic(name: str, split: str, root: Path | None) -> list[dict]:
+    json_file, image_root = _synthetic_paths(root if root is not None else datasets_root(), split)
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("json_file") != str(json_file):  # DETECTRON2_DATASETS changed since
+        MetadataCatalog.remove(name)
+        _set_synthetic_metadata(name, json_file, image_root)
     if not json_file.is_file():
         raise FileNotFoundError(
             f"data set {name!r}: {json_file} does not exist. Generate the synthetic set with "
@@ -47,25 +66,33 @@ def _load_synthetic(name: str, json_file: Path, image_root: Path) -> list[dict]:
     return _load_coco_json(name, json_file, image_root)
 
 
-def _register(name: str, loader, json_file, image_root) -> None:
-    """(Re-)register ``name`` as a COCO-format set read by ``loader``, for COCOEvaluator."""
+def _set_synthetic_metadata(name: str, json_file: Path, image_root: Path) -> None:
+    # The class names and ids load_coco_json would set, known before loading: Visualizer labels
+    # boxes with names, and COCOEvaluator maps classes back, without loading the set first.
+    MetadataCatalog.get(name).set(
+        json_file=str(json_file), image_root=str(image_root), evaluator_type="coco",
+        thing_classes=list(CATEGORIES),
+        thing_dataset_id_to_contiguous_id={index + 1: index for index in range(len(CATEGORIES))})
+
+
+def _register(name: str, loader) -> None:
+    """(Re-)register ``name``, with metadata to be set by the caller."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
-                                  evaluator_type="coco")
 
 
 def register_synthetic(root: str | os.PathLike | None = None) -> None:
-    """Register ``synthetic_{train,val}`` under ``root`` (default: $DETECTRON2_DATASETS)."""
-    base = Path(root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets"))
+    """Register ``synthetic_{train,val}`` under ``root``; by default under
+    :func:`datasets_root`, resolved each time a set is loaded (so ``DETECTRON2_DATASETS`` may be
+    set after ``import mask_rcnn_ext``). Their class names are in the metadata from now on."""
+    fixed_root = Path(root) if root is not None else None
     for split in SPLITS:
         name = f"synthetic_{split}"
-        json_file = base / "synthetic" / "annotations" / f"instances_{split}.json"
-        image_root = base / "synthetic" / split
-        _register(name, lambda n=name, j=json_file, i=image_root: _load_synthetic(n, j, i),
-                  json_file, image_root)
+        _register(name, lambda n=name, s=split: _load_synthetic(n, s, fixed_root))
+        _set_synthetic_metadata(name, *_synthetic_paths(
+            fixed_root if fixed_root is not None else datasets_root(), split))
 
 
 def register_coco_format(name: str, json_file: str, image_root: str) -> None:
@@ -75,4 +102,6 @@ def register_coco_format(name: str, json_file: str, image_root: str) -> None:
         raise FileNotFoundError(f"data set {name!r}: annotation file {json_file} does not exist")
     if not Path(image_root).is_dir():
         raise FileNotFoundError(f"data set {name!r}: image folder {image_root} does not exist")
-    _register(name, lambda: _load_coco_json(name, json_file, image_root), json_file, image_root)
+    _register(name, lambda: _load_coco_json(name, json_file, image_root))
+    MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
+                                  evaluator_type="coco")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -266,8 +265,11 @@ def detections_to_instances(image: dict, detections: list[dict],
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.getenv("DETECTRON2_DATASETS", "datasets")) / "synthetic"
-    parser.add_argument("--root", type=Path, default=default_root)
+    from .builtin import datasets_root  # where the builtin names read it (imports Detectron2)
+
+    parser.add_argument("--root", type=Path, default=datasets_root() / "synthetic",
+                        help="folder to write (default: $DETECTRON2_DATASETS/synthetic, else "
+                             "datasets/synthetic, where synthetic_train/val are read)")
     parser.add_argument("--train", type=int, default=600, help="training images")
     parser.add_argument("--val", type=int, default=100, help="validation images")
     parser.add_argument("--seed", type=int, default=0)
