@@ -52,8 +52,8 @@ def _stop_with_launcher(launcher: int, main_func, *args):
     PyTorch's spawn asks for SIGINT on the parent's death, but a process started in the
     background (``cmd &``, nohup, most job schedulers) ignores SIGINT, so the workers of a killed
     launcher trained on to the end. SIGTERM ends a Python process unless it installs a handler."""
-    if os.getpid() != launcher and hasattr(ctypes.CDLL(None), "prctl"):  # Linux; else no effect
-        libc = ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if os.getpid() != launcher and hasattr(libc, "prctl"):  # Linux; elsewhere no effect
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != launcher:  # it died before the request was made
