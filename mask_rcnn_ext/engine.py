@@ -237,24 +237,26 @@ class BatchPredictor(Predictor):
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[dict]:
         divisor = max(self.model.backbone.size_divisibility, 1)
+        resizes = [self.aug.get_transform(image) for image in images]
         same_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, image in enumerate(images):
-            resize = self.aug.get_transform(image)
+        for index, resize in enumerate(resizes):
             same_size[(-(-resize.new_h // divisor), -(-resize.new_w // divisor))].append(index)
         outputs: list[dict] = [{}] * len(images)
         with torch.no_grad():
             for indices in same_size.values():
                 for start in range(0, len(indices), self.batch_size):
                     batch = indices[start:start + self.batch_size]
-                    predicted = self.model([self._model_input(images[i]) for i in batch])
+                    predicted = self.model([self._model_input(images[i], resizes[i])
+                                            for i in batch])
                     for index, output in zip(batch, predicted, strict=True):
                         outputs[index] = output
         return outputs
 
-    def _model_input(self, image: np.ndarray) -> dict:
-        """The model's input for one (H, W, C) image in BGR order, as DefaultPredictor makes it."""
+    def _model_input(self, image: np.ndarray, resize: T.Transform) -> dict:
+        """The model's input for one (H, W, C) image in BGR order, resized by ``resize``, as
+        DefaultPredictor makes it."""
         if self.input_format == "RGB":
             image = image[:, :, ::-1]
-        resized = self.aug.get_transform(image).apply_image(image)
+        resized = resize.apply_image(image)
         return {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
                 "height": image.shape[0], "width": image.shape[1]}

@@ -45,13 +45,14 @@ def datasets_root() -> Path:
     return Path(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def _synthetic_paths(root: Path, split: str) -> tuple[Path, Path]:
-    folder = root / "synthetic"
+def _synthetic_paths(root: Path | None, split: str) -> tuple[Path, Path]:
+    """The JSON file and image folder of a split under ``root``, default :func:`datasets_root`."""
+    folder = (root if root is not None else datasets_root()) / "synthetic"
     return folder / "annotations" / f"instances_{split}.json", folder / split
 
 
 def _load_synthetic(name: str, split: str, root: Path | None) -> list[dict]:
-    json_file, image_root = _synthetic_paths(root if root is not None else datasets_root(), split)
+    json_file, image_root = _synthetic_paths(root, split)
     metadata = MetadataCatalog.get(name)
     if metadata.get("json_file") != str(json_file):  # DETECTRON2_DATASETS changed since
         MetadataCatalog.remove(name)
@@ -91,8 +92,7 @@ def register_synthetic(root: str | os.PathLike | None = None) -> None:
     for split in SPLITS:
         name = f"synthetic_{split}"
         _register(name, lambda n=name, s=split: _load_synthetic(n, s, fixed_root))
-        _set_synthetic_metadata(name, *_synthetic_paths(
-            fixed_root if fixed_root is not None else datasets_root(), split))
+        _set_synthetic_metadata(name, *_synthetic_paths(fixed_root, split))
 
 
 def register_coco_format(name: str, json_file: str, image_root: str) -> None:
