@@ -7,14 +7,17 @@
     python train_net.py --config-file CFG --num-gpus 2        # 2 processes: GPUs, or CPU (gloo)
     python train_net.py --config-file CFG --dataset my_train my.json images/ \
         DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.py \
+        train.max_iter=100                                    # a LazyConfig: key=value overrides
 """
 
 from detectron2.engine import default_argument_parser, default_setup
 
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
+from mask_rcnn_ext.config import is_lazy_config, load_lazy_config
 from mask_rcnn_ext.data import register_coco_format
-from mask_rcnn_ext.engine import Trainer, launch
+from mask_rcnn_ext.engine import LazyTrainer, Trainer, launch
 
 
 def argument_parser():
@@ -32,23 +35,34 @@ def argument_parser():
 
 
 def setup(args):
-    cfg = load_config(args.config_file, args.opts)
-    for name, json_file, image_root in [*cfg.DATASETS.COCO_FORMAT, *getattr(args, "dataset", [])]:
+    """The config (a YAML CfgNode, or a LazyConfig for a ``.py`` file), its data sets registered
+    and Detectron2's logging and output folder set up."""
+    if is_lazy_config(args.config_file):
+        cfg, datasets = load_lazy_config(args.config_file, args.opts), []
+    else:
+        cfg = load_config(args.config_file, args.opts)
+        datasets = cfg.DATASETS.COCO_FORMAT
+    for name, json_file, image_root in [*datasets, *getattr(args, "dataset", [])]:
         register_coco_format(name, json_file, image_root)
-    cfg.freeze()
+    if not is_lazy_config(args.config_file):
+        cfg.freeze()
     default_setup(cfg, args)
     return cfg
 
 
 def main(args):
     cfg = setup(args)
+    lazy = is_lazy_config(args.config_file)
+    trainer_class = LazyTrainer if lazy else Trainer
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR,
+        model = trainer_class.build_model(cfg)
+        output_dir, weights = ((cfg.train.output_dir, cfg.train.init_checkpoint) if lazy
+                               else (cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS))
+        SafeCheckpointer(model, save_dir=output_dir,
                          check_weights=not getattr(args, "skip_weight_checks", False)
-                         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
+                         ).resume_or_load(weights, resume=args.resume)
+        return trainer_class.test(cfg, model)
+    trainer = trainer_class(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -142,6 +142,32 @@ FIXES: tuple[Fix, ...] = (
         ),
     ),
     Fix(
+        name="trainer-checkpoints-optimizer",
+        why="v0.6's DefaultTrainer checkpoints only the iteration and its hooks' state, not its "
+        "SimpleTrainer's: the optimizer (momentum buffers) and AMP's grad scaler were lost, so a "
+        "`--resume`d run silently restarted SGD momentum. Upstream Detectron2 checkpoints them "
+        "(commit ac6774f); so does this, and it still resumes from v0.6 checkpoints without them.",
+        edits=(
+            Edit(
+                "detectron2/engine/defaults.py",
+                "    def run_step(self):\n"
+                "        self._trainer.iter = self.iter\n"
+                "        self._trainer.run_step()\n",
+                "    def run_step(self):\n"
+                "        self._trainer.iter = self.iter\n"
+                "        self._trainer.run_step()\n\n"
+                "    def state_dict(self):\n"
+                "        state = super().state_dict()\n"
+                "        state[\"_trainer\"] = self._trainer.state_dict()\n"
+                "        return state\n\n"
+                "    def load_state_dict(self, state_dict):\n"
+                "        super().load_state_dict(state_dict)\n"
+                "        if \"_trainer\" in state_dict:  # absent from v0.6's own checkpoints\n"
+                "            self._trainer.load_state_dict(state_dict[\"_trainer\"])\n",
+            ),
+        ),
+    ),
+    Fix(
         name="python-3.11-sample-from-set",
         why="Python 3.11's random.sample refuses sets, so MapDataset crashed instead of drawing "
         "another image when a mapper skips one (returns None).",

@@ -13,7 +13,8 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_mask_rcnn_ext_config", "load_config", "upgrade_deprecated_keys"]
+__all__ = ["LAZY_CONFIG_KEYS", "add_mask_rcnn_ext_config", "is_lazy_config", "load_config",
+           "load_lazy_config", "upgrade_deprecated_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,45 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CN:
         raise ValueError(message) from error
     _check_counts(cfg, config_file)
     return upgrade_deprecated_keys(cfg)
+
+
+# What mask_rcnn_ext.engine.LazyTrainer reads from a LazyConfig, as Detectron2's
+# tools/lazyconfig_train_net.py does (configs/common/*.py define them).
+LAZY_CONFIG_KEYS = ("model", "dataloader.train", "dataloader.test", "optimizer", "lr_multiplier",
+                    "train.output_dir", "train.init_checkpoint", "train.max_iter", "train.device")
+
+
+def is_lazy_config(config_file: str) -> bool:
+    """Whether ``config_file`` is a LazyConfig (Python) file rather than a YAML one."""
+    return str(config_file).endswith(".py")
+
+
+def load_lazy_config(config_file: str, overrides: list[str] | None = None):
+    """A LazyConfig (``configs/**/*.py``, Python run as it is loaded) with ``overrides``
+    (``key=value``, Hydra's syntax, as Detectron2's lazyconfig trainer takes them) applied.
+
+    Unlike Detectron2's ``LazyConfig.apply_overrides``, an override of a key that the config does
+    not have is an error naming it (Hydra's ``+key=value`` adds one on purpose), and so is a
+    config without one of :data:`LAZY_CONFIG_KEYS`; the file is named either way.
+    """
+    from detectron2.config import LazyConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    if not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    cfg = LazyConfig.load(str(config_file))
+    missing = object()
+    for key in LAZY_CONFIG_KEYS:
+        if OmegaConf.select(cfg, key, default=missing) is missing:
+            raise KeyError(f"{config_file} does not define {key!r}, which training and "
+                           f"evaluation read (it needs {', '.join(LAZY_CONFIG_KEYS)})")
+    for override in OverridesParser.create().parse_overrides(list(overrides or [])):
+        key = override.key_or_group
+        if not override.is_add() and OmegaConf.select(cfg, key, default=missing) is missing:
+            raise KeyError(f"command-line override {override.input_line!r}: {config_file} has no "
+                           f"key {key!r} (to add one, write +{key}=...)")
+    return LazyConfig.apply_overrides(cfg, list(overrides or []))
 
 
 # Counts that must be positive integers; Detectron2 fails on them late (a negative MAX_ITER trains

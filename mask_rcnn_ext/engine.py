@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import signal
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -22,25 +23,29 @@ import detectron2.data.transforms as T
 import detectron2.engine.defaults as detectron2_defaults
 import numpy as np
 import torch
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultPredictor,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    default_writers,
+    hooks,
 )
-from detectron2.data.build import filter_images_with_only_crowd_annotations
-from detectron2.engine import DefaultPredictor, DefaultTrainer
 from detectron2.engine import launch as detectron2_launch
+from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from .checkpoint import SafeCheckpointer
-from .data.annotations import check_mask_format, drop_degenerate_annotations
+from .data.build import build_checked_train_loader, training_dataset_dicts
 from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
-from .modeling.speedups import apply_speedups
+from .modeling.speedups import apply_speedups, speed_up
 
-__all__ = ["BatchPredictor", "Predictor", "Trainer", "launch"]
+__all__ = ["BatchPredictor", "LazyTrainer", "Predictor", "Trainer", "launch"]
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -88,17 +93,18 @@ def _cpu_aware_ddp():
         detectron2_defaults.create_ddp_model = original
 
 
-def _check_amp_device(cfg) -> None:
-    """Detectron2's AMPTrainer (SOLVER.AMP.ENABLED) runs float16 autocast on CUDA only, and v0.6
-    says so by an assertion in its first step, after data and model are set up: say it first."""
-    if not cfg.SOLVER.AMP.ENABLED:
+def _check_amp_device(enabled: bool, device: str, keys: tuple[str, str]) -> None:
+    """Detectron2's AMPTrainer runs float16 autocast on CUDA only, and v0.6 says so by an
+    assertion in its first step, after data and model are set up: say it first, naming ``keys``
+    (the config's AMP switch and device)."""
+    if not enabled:
         return
-    if not cfg.MODEL.DEVICE.startswith("cuda") or not torch.cuda.is_available():
-        where = (f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}" if not cfg.MODEL.DEVICE.startswith("cuda")
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        where = (f"{keys[1]} is {device!r}" if not device.startswith("cuda")
                  else "no CUDA GPU is available")
         raise ValueError(
-            f"SOLVER.AMP.ENABLED is True, but {where}: Detectron2's mixed-precision trainer needs "
-            "a CUDA GPU. Set SOLVER.AMP.ENABLED False to train in float32 on this machine.")
+            f"{keys[0]} is True, but {where}: Detectron2's mixed-precision trainer needs a CUDA "
+            f"GPU. Set {keys[0]} False to train in float32 on this machine.")
 
 
 class Trainer(DefaultTrainer):
@@ -114,19 +120,23 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        _check_amp_device(cfg)
+        _check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE,
+                          ("SOLVER.AMP.ENABLED", "MODEL.DEVICE"))
         with _cpu_aware_ddp():
             super().__init__(cfg)
 
     def train(self):
         try:
-            return super().train()
+            return self._run_training()
         except FloatingPointError:
             if comm.is_main_process():
                 logging.getLogger(__name__).error(
                     f"Training stopped at iteration {self.iter}: NaN or Inf in the loss or the "
                     f"weights. {self._resume_hint()}")
             raise
+
+    def _run_training(self):
+        return super().train()
 
     def _resume_hint(self) -> str:
         if not self.checkpointer.has_checkpoint():
@@ -139,14 +149,20 @@ class Trainer(DefaultTrainer):
         """Detectron2's, and when a resumed run has no iterations left but its
         ``model_final.pth`` is missing (a save killed mid-write), it is written from the last
         checkpoint, which holds the same final weights: else no later run would ever write it."""
-        super().resume_or_load(resume=resume)
-        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        # DefaultTrainer's, with the weights named by the config's kind.
+        self.checkpointer.resume_or_load(self._initial_weights(), resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+        final = os.path.join(self.checkpointer.save_dir, "model_final.pth")
         if (resume and self.start_iter >= self.max_iter and comm.is_main_process()
                 and not os.path.exists(final)):
             logging.getLogger(__name__).warning(
                 f"All {self.max_iter} iterations were done, but {final} is missing (its save was "
                 f"interrupted): writing it from {self.checkpointer.get_checkpoint_file()}")
             self.checkpointer.save("model_final", iteration=self.start_iter - 1)
+
+    def _initial_weights(self) -> str:
+        return self.cfg.MODEL.WEIGHTS
 
     def build_hooks(self):
         # DefaultTrainer made its checkpointer just before; the periodic-checkpoint hook and
@@ -161,29 +177,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        # As Detectron2 builds the training set, with degenerate annotations dropped before
-        # images left without any are filtered out.
         names = cfg.DATASETS.TRAIN
-        dataset = get_detection_dataset_dicts(
-            names, filter_empty=False,
+        dataset = training_dataset_dicts(
+            names, mask_format=cfg.INPUT.MASK_FORMAT if cfg.MODEL.MASK_ON else None,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=(cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
                            if cfg.MODEL.KEYPOINT_ON else 0),
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
-        description = f"DATASETS.TRAIN {tuple(names)}"
-        images = len(dataset)
-        dataset = drop_degenerate_annotations(dataset, description)
-        if cfg.MODEL.MASK_ON:
-            check_mask_format(dataset, cfg.INPUT.MASK_FORMAT, description)
-        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-            dataset = filter_images_with_only_crowd_annotations(dataset)
-        if not dataset:
-            files = ", ".join(str(MetadataCatalog.get(name).get("json_file", name))
-                              for name in names)
-            raise ValueError(f"{description}: none of its {images} images has a usable "
-                             f"annotation left to train on (annotations from {files})")
-        mapper = ImageCheckingMapper(cfg, is_train=True,
-                                     images_in_dataset=len({r["file_name"] for r in dataset}))
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+            description=f"DATASETS.TRAIN {tuple(names)}")
+        return build_checked_train_loader(cfg, dataset=dataset,
+                                          mapper=ImageCheckingMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -194,6 +197,92 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return FastCOCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+class LazyTrainer(Trainer):
+    """:class:`Trainer` for a LazyConfig (Detectron2's Python configs; ours are
+    ``configs/**/*.py``): it trains what Detectron2's ``tools/lazyconfig_train_net.py`` trains,
+    with Trainer's atomic checkpoints, CPU data parallelism, evaluation and errors.
+
+    The config defines ``model``, ``dataloader.train``, ``dataloader.test``,
+    ``dataloader.evaluator`` (optional), ``optimizer`` (its ``params.model`` is set here),
+    ``lr_multiplier`` (a ParamScheduler over ``train.max_iter`` iterations) and ``train``: as in
+    Detectron2's ``configs/common/train.py``, plus ``speedups`` (the keyword arguments of
+    :func:`~mask_rcnn_ext.modeling.speedups.speed_up`; none without it). What the data loaders
+    do with bad data is up to the functions the config calls; ``configs/common/`` calls this
+    project's (:mod:`mask_rcnn_ext.data.build`).
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)  # DefaultTrainer's would build every part from a CfgNode
+        train = cfg.train
+        _check_amp_device(train.amp.enabled, train.device, ("train.amp.enabled", "train.device"))
+        model = self.build_model(cfg)
+        cfg.optimizer.params.model = model
+        optimizer = instantiate(cfg.optimizer)
+        data_loader = instantiate(cfg.dataloader.train)
+        with _cpu_aware_ddp():
+            model = detectron2_defaults.create_ddp_model(model, **train.get("ddp", {}))
+        self._trainer = (AMPTrainer if train.amp.enabled else SimpleTrainer)(model, data_loader,
+                                                                             optimizer)
+        try:
+            self.scheduler = instantiate(cfg.lr_multiplier)  # hooks.LRScheduler applies it
+        except ValueError as error:  # fvcore's messages name no key
+            raise ValueError(f"lr_multiplier: {error} (train.max_iter is {train.max_iter}; "
+                             "milestones must lie below it)") from error
+        self.checkpointer = SafeCheckpointer(model, train.output_dir,
+                                               trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = train.max_iter
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def _initial_weights(self) -> str:
+        return self.cfg.train.init_checkpoint
+
+    def _run_training(self):
+        TrainerBase.train(self, self.start_iter, self.max_iter)
+        return getattr(self, "_last_eval_results", None)
+
+    def build_hooks(self):
+        train = self.cfg.train
+
+        def evaluate():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        main = comm.is_main_process()
+        return [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(),
+            hooks.PeriodicCheckpointer(self.checkpointer, **train.checkpointer) if main else None,
+            hooks.EvalHook(train.eval_period, evaluate),
+            hooks.PeriodicWriter(self.build_writers(), period=train.log_period) if main else None,
+        ]
+
+    def build_writers(self):
+        return default_writers(self.cfg.train.output_dir, self.max_iter)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """``cfg.model`` on ``cfg.train.device``, with ``cfg.train.speedups`` when it is set."""
+        model = instantiate(cfg.model).to(cfg.train.device)
+        speedups = cfg.train.get("speedups")
+        if speedups:
+            speed_up(model, **speedups, device=cfg.train.device)
+        return model
+
+    @classmethod
+    def test(cls, cfg, model):
+        """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator`` and
+        print the results as Detectron2's trainers do; {} without an evaluator."""
+        if "evaluator" not in cfg.dataloader:
+            return {}
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test),
+                                       instantiate(cfg.dataloader.evaluator))
+        if comm.is_main_process():
+            print_csv_format(results)
+        return results
 
 
 class Predictor(DefaultPredictor):

@@ -197,3 +197,25 @@ def test_export_imports_without_caffe2_and_its_caffe2_names_say_so():
         export.Caffe2Tracer(None, None, None)
     with pytest.raises(ImportError, match=r"export_caffe2_model"):
         export.export_caffe2_model(None, None, None)
+
+
+def test_trainer_checkpoints_restore_the_optimizer(tiny_coco_dataset, tmp_path):
+    from detectron2.engine import DefaultTrainer
+
+    from helpers import small_mask_rcnn_cfg
+
+    cfg = small_mask_rcnn_cfg(tiny_coco_dataset, tmp_path, depth=18)  # 2 iterations, period 1
+    cfg.SOLVER.MOMENTUM = 0.9
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    momentum = {key: value["momentum_buffer"]
+                for key, value in trainer.optimizer.state_dict()["state"].items()}
+    assert momentum
+
+    resumed = DefaultTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    restored = resumed.optimizer.state_dict()["state"]
+    assert restored.keys() == momentum.keys()  # v0.6: empty, momentum restarted from zero
+    for key, buffer in momentum.items():
+        torch.testing.assert_close(restored[key]["momentum_buffer"], buffer, rtol=0, atol=0)

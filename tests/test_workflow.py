@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pycocotools.mask as mask_util
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml"
@@ -63,10 +66,43 @@ def test_train_resume_evaluate_and_draw(small_synthetic, tmp_path):
     assert _copypaste_ap(log, "bbox") >= 0 and _copypaste_ap(log, "segm") >= 0
 
     images = sorted((small_synthetic / "synthetic" / "val").glob("*.png"))[:2]
-    _run(["demo.py", "--config-file", str(CONFIG), "--input", *map(str, images), "--output",
+    alone = _run(["demo.py", "--config-file", str(CONFIG), "--input", *map(str, images), "--output",
           str(tmp_path / "vis"), "--confidence-threshold", "0.0", "MODEL.WEIGHTS",
           str(output / "model_final.pth"), "INPUT.MIN_SIZE_TEST", "128"], small_synthetic)
     assert sorted(p.name for p in (tmp_path / "vis").glob("*.png")) == [p.name for p in images]
+
+    # Ground truth | predictions, for the first images of a registered set.
+    paired = _run(["demo.py", "--config-file", str(CONFIG), "--dataset", "synthetic_val",
+                   "--num-images", "2", "--show-gt", "--output", str(tmp_path / "gt"),
+                   "--confidence-threshold", "0.0", "MODEL.WEIGHTS",
+                   str(output / "model_final.pth"), "INPUT.MIN_SIZE_TEST", "128"],
+                  small_synthetic)
+    annotations = json.loads((small_synthetic / "synthetic" / "annotations" /
+                              "instances_val.json").read_text())
+    for image in images:
+        raw = np.asarray(Image.open(image).convert("RGB"))
+        height, width = raw.shape[:2]
+        pair = np.asarray(Image.open(tmp_path / "gt" / image.name))
+        assert pair.shape == (height, 2 * width + 8, 3)
+        truth, predictions = pair[:, :width], pair[:, width + 8:]
+        # The right picture has the predictions that demo.py draws for the image alone (their
+        # colours are random).
+        predicted = re.search(rf"{image}: (\d+) instances", alone).group(1)
+        assert re.search(rf"{image}: {predicted} instances, \d+ in the ground truth", paired)
+        assert int(predicted) > 0 and not np.array_equal(predictions, raw)
+        # The left one is the image with each ground-truth object drawn on it (Visualizer leaves
+        # pixels far from any annotation as they are, and tints every mask pixel).
+        image_id = next(i["id"] for i in annotations["images"] if i["file_name"] == image.name)
+        objects = [a for a in annotations["annotations"] if a["image_id"] == image_id]
+        masks = np.zeros((height, width), bool)
+        near = np.zeros((height, width), bool)
+        for annotation in objects:
+            rle = mask_util.merge(mask_util.frPyObjects(annotation["segmentation"], height, width))
+            masks |= mask_util.decode(rle).astype(bool)
+            x, y, w, h = (int(v) for v in annotation["bbox"])
+            near[max(y - 20, 0):y + h + 20, max(x - 20, 0):x + w + 20] = True
+        assert objects and (truth[masks] != raw[masks]).any(axis=-1).all()
+        assert np.array_equal(truth[~near], raw[~near])
 
 
 def test_own_coco_format_data_from_the_command_line(small_synthetic, tmp_path):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 
-__all__ = ["FoldedFrozenBNConv2d", "apply_speedups", "fold_frozen_batchnorm", "memory_format"]
+__all__ = ["FoldedFrozenBNConv2d", "apply_speedups", "fold_frozen_batchnorm", "memory_format",
+           "speed_up"]
 
 
 class FoldedFrozenBNConv2d(Conv2d):
@@ -47,22 +48,34 @@ def fold_frozen_batchnorm(model: nn.Module) -> int:
 
 
 def memory_format(setting: str, device: str | torch.device) -> torch.memory_format:
-    """The memory format for ``MODEL.SPEEDUPS.MEMORY_FORMAT``: "channels_last", "contiguous", or
-    "auto" (channels-last on CPU, where it was measured faster; unchanged on GPUs)."""
+    """The memory format for ``MODEL.SPEEDUPS.MEMORY_FORMAT`` (``train.speedups.memory_format``
+    in a LazyConfig): "channels_last", "contiguous", or "auto" (channels-last on CPU, where it was
+    measured faster; unchanged on GPUs)."""
     choices = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
     if setting == "auto":
         setting = "channels_last" if torch.device(device).type == "cpu" else "contiguous"
     if setting not in choices:
-        raise ValueError(f"MODEL.SPEEDUPS.MEMORY_FORMAT must be one of auto, channels_last, "
-                         f"contiguous; got {setting!r}")
+        raise ValueError(f"MODEL.SPEEDUPS.MEMORY_FORMAT (train.speedups.memory_format) must be "
+                         f"one of auto, channels_last, contiguous; got {setting!r}")
     return choices[setting]
+
+
+# speed_up's arguments are named as the config keys, which shadows these two functions there.
+_fold, _format_for = fold_frozen_batchnorm, memory_format
+
+
+def speed_up(model: nn.Module, *, fold_frozen_batchnorm: bool, memory_format: str,
+             device: str | torch.device) -> nn.Module:
+    """Apply the exact speed-ups to ``model`` on ``device`` (in place; also returned):
+    ``fold_frozen_batchnorm``, and the ``memory_format`` setting (see :func:`memory_format`)."""
+    if fold_frozen_batchnorm:
+        _fold(model)
+    # Four-dimensional weights in channels-last make each convolution's output channels-last,
+    # and so the activations that follow.
+    return model.to(memory_format=_format_for(memory_format, device))
 
 
 def apply_speedups(model: nn.Module, cfg) -> nn.Module:
     """Apply ``cfg.MODEL.SPEEDUPS`` to ``model`` (in place; also returned)."""
-    if cfg.MODEL.SPEEDUPS.FOLD_FROZEN_BATCHNORM:
-        fold_frozen_batchnorm(model)
-    # Four-dimensional weights in channels-last make each convolution's output channels-last,
-    # and so the activations that follow.
-    return model.to(memory_format=memory_format(cfg.MODEL.SPEEDUPS.MEMORY_FORMAT,
-                                                cfg.MODEL.DEVICE))
+    return speed_up(model, fold_frozen_batchnorm=cfg.MODEL.SPEEDUPS.FOLD_FROZEN_BATCHNORM,
+                    memory_format=cfg.MODEL.SPEEDUPS.MEMORY_FORMAT, device=cfg.MODEL.DEVICE)

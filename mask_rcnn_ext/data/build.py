@@ -1,0 +1,57 @@
+"""The training set and loader as :class:`~mask_rcnn_ext.engine.Trainer` builds them, as functions
+that YAML and LazyConfig training share (``configs/common/*.py`` call them through ``LazyCall``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import get_detection_dataset_dicts as detectron2_dataset_dicts
+from detectron2.data.build import filter_images_with_only_crowd_annotations
+
+from .annotations import check_mask_format, drop_degenerate_annotations
+from .mapper import ImageCheckingMapper
+
+__all__ = ["build_checked_train_loader", "training_dataset_dicts"]
+
+
+def training_dataset_dicts(names: str | Sequence[str], *, mask_format: str | None = None,
+                           filter_empty: bool = True, min_keypoints: int = 0,
+                           proposal_files: Sequence[str] | None = None,
+                           description: str | None = None) -> list[dict]:
+    """Detectron2's ``get_detection_dataset_dicts`` for training, with degenerate annotations
+    dropped (counted in the log) before images left without any are filtered out.
+
+    Args:
+        names: registered data set names.
+        mask_format: "polygon" to refuse RLE masks by name (Detectron2 would fail on one mid-way
+            through training); "bitmask", or None without masks, checks nothing.
+        filter_empty: drop images without a non-crowd annotation.
+        min_keypoints, proposal_files: as for Detectron2's function.
+        description: how errors and the log name the set (default: "training set (names)").
+    """
+    names = (names,) if isinstance(names, str) else tuple(names)
+    description = description or f"training set {names}"
+    dataset = detectron2_dataset_dicts(names, filter_empty=False, min_keypoints=min_keypoints,
+                                       proposal_files=proposal_files)
+    images = len(dataset)
+    dataset = drop_degenerate_annotations(dataset, description)
+    if mask_format is not None:
+        check_mask_format(dataset, mask_format, description)
+    if filter_empty:
+        dataset = filter_images_with_only_crowd_annotations(dataset)
+    if not dataset:
+        files = ", ".join(str(MetadataCatalog.get(name).get("json_file", name)) for name in names)
+        raise ValueError(f"{description}: none of its {images} images has a usable annotation "
+                         f"left to train on (annotations from {files})")
+    return dataset
+
+
+def build_checked_train_loader(*args, dataset: list[dict], mapper: ImageCheckingMapper,
+                               **kwargs):
+    """Detectron2's ``build_detection_train_loader`` (same arguments), whose mapper knows how many
+    distinct images ``dataset`` holds, so that it raises once none can be read instead of letting
+    Detectron2 look for a readable one forever."""
+    mapper.images_in_dataset = len({record["file_name"] for record in dataset})
+    return build_detection_train_loader(*args, dataset=dataset, mapper=mapper, **kwargs)
