@@ -7,6 +7,9 @@ DETECTIONS_PER_IMAGE = 100 instances (their masks pasted at full resolution). We
 benchmarks/models.py says. The outputs of both sides are compared: box and score differences,
 and the fraction of mask pixels that differ.
 
+Then batched prediction: ``BatchPredictor`` on 4 images of that size (batches of 4) against our
+``Predictor`` called on each in a loop, same weights.
+
 Usage: python -m benchmarks.inference [--repeats 5] [--device cpu]
 """
 
@@ -22,10 +25,11 @@ from detectron2.structures import pairwise_iou
 
 from benchmarks.common import compare, environment, peak_memory, print_table, write_results
 from benchmarks.models import IMAGE_SIZES, calibrated_model, config, synthetic_images
-from mask_rcnn_ext.engine import Predictor
+from mask_rcnn_ext.engine import BatchPredictor, Predictor
 
 CONFIG = "R50-FPN"
 TARGET = 0.9  # ours / stock
+BATCH = 4
 
 
 def _agreement(stock, ours) -> dict:
@@ -46,8 +50,8 @@ def _agreement(stock, ours) -> dict:
 
 
 def _predictors(device: str):
-    """The benchmark image, and DefaultPredictor (stock) and our Predictor with the same
-    weights (from one checkpoint file)."""
+    """The benchmark image, and DefaultPredictor (stock), our Predictor and our BatchPredictor
+    with the same weights (from one checkpoint file)."""
     (image, _), = synthetic_images(1, IMAGE_SIZES[CONFIG])
     low_threshold = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
     stock_cfg = config(CONFIG, stock=True, device=device, overrides=low_threshold)
@@ -58,13 +62,35 @@ def _predictors(device: str):
         ours_cfg = config(CONFIG, stock=False, device=device,
                           overrides=[*low_threshold, "MODEL.WEIGHTS", str(weights)])
         return image, {"stock Detectron2": DefaultPredictor(stock_cfg),
-                       "mask_rcnn_ext": Predictor(ours_cfg)}
+                       "mask_rcnn_ext": Predictor(ours_cfg),
+                       "batched": BatchPredictor(ours_cfg, batch_size=BATCH)}
 
 
 def side_prediction(side: str, device: str):
     """One side's prediction (for measuring its memory in a fresh process)."""
     image, predictors = _predictors(device)
     return lambda: predictors[side](image)
+
+
+def _batched_against_the_loop(predictor: Predictor, batched: BatchPredictor, repeats: int,
+                              device: str) -> dict:
+    """BATCH images predicted in one batch against one at a time; outputs compared."""
+    images = [image for image, _ in synthetic_images(BATCH, IMAGE_SIZES[CONFIG], seed=1)]
+    with torch.no_grad():
+        loop = [predictor(image)["instances"].to("cpu") for image in images]
+        together = [output["instances"].to("cpu") for output in batched(images)]
+    box_difference = max((a.pred_boxes.tensor - b.pred_boxes.tensor).abs().max().item()
+                         for a, b in zip(loop, together, strict=True))
+    measured = compare({"Predictor, one image at a time": lambda: [predictor(i) for i in images],
+                        f"BatchPredictor, batch of {BATCH}": lambda: batched(images)},
+                       repeats, device)
+    ratio = (measured[f"BatchPredictor, batch of {BATCH}"]["median_s"]
+             / measured["Predictor, one image at a time"]["median_s"])
+    print_table([(side, f"{m['median_s']:.3f}", f"{m['min_s']:.3f}-{m['max_s']:.3f}")
+                 for side, m in measured.items()], (f"{BATCH} images", "median s", "range s"))
+    print(f"batched / loop: {ratio:.2f}; largest box difference {box_difference:.2e} px")
+    return {"images": BATCH, "sides": measured, "ratio_batched_to_loop": ratio,
+            "max_box_difference_px": box_difference}
 
 
 def main(argv=None):
@@ -75,6 +101,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     image, predictors = _predictors(args.device)
+    batched = predictors.pop("batched")
     with torch.no_grad():
         outputs = {side: p(image)["instances"].to("cpu") for side, p in predictors.items()}
     stock, ours = outputs["stock Detectron2"], outputs["mask_rcnn_ext"]
@@ -91,10 +118,13 @@ def main(argv=None):
                   f"{m['peak_memory_mib']:.0f}") for side, m in measured.items()],
                 ("", "median s", "range s", "peak MiB"))
     print(f"ours / stock: {ratio:.2f} (target <= {TARGET})")
+    batch = _batched_against_the_loop(predictors["mask_rcnn_ext"], batched, args.repeats,
+                                      args.device)
     path = write_results("inference", {
         "environment": environment(args.device), "config": CONFIG,
         "image_size": IMAGE_SIZES[CONFIG], "sides": measured, "output_agreement": agreement,
         "ratio_ours_to_stock": ratio, "target_ratio": TARGET, "meets_target": ratio <= TARGET,
+        "batched_prediction": batch,
     }, args.output)
     print(f"written: {path}")
 

@@ -57,6 +57,12 @@ def main() -> None:
                   f"{agreement['max_score_difference']:.2e}, differing mask pixels "
                   f"{agreement['differing_mask_pixel_fraction']:.2e}.", "",
                   *_header(), *_side_rows(inference["sides"]), ""]
+        batched = inference.get("batched_prediction")
+        if batched:
+            lines += [f"Batched prediction, {batched['images']} such images: BatchPredictor / "
+                      f"Predictor in a loop {batched['ratio_batched_to_loop']:.2f} (largest box "
+                      f"difference {batched['max_box_difference_px']:.2e} px).", "",
+                      *_header(), *_side_rows(batched["sides"]), ""]
     evaluation = _load("coco_eval")
     if evaluation:
         lines += ["## COCO evaluation (bbox + segm)", "",

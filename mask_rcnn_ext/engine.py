@@ -93,6 +93,14 @@ def _cpu_aware_ddp():
         detectron2_defaults.create_ddp_model = original
 
 
+def _check_cuda_available(device: str, key: str, to_cpu: str) -> None:
+    """A CUDA ``device`` (config key ``key``) on a machine without a GPU fails deep inside PyTorch
+    when the model moves there, naming no key: say it first, with the setting ``to_cpu``."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{key} is {device!r}, but no CUDA GPU is available on this machine; "
+                         f"{to_cpu} runs on the CPU")
+
+
 def _check_amp_device(enabled: bool, device: str, keys: tuple[str, str]) -> None:
     """Detectron2's AMPTrainer runs float16 autocast on CUDA only, and v0.6 says so by an
     assertion in its first step, after data and model are set up: say it first, naming ``keys``
@@ -173,6 +181,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        _check_cuda_available(cfg.MODEL.DEVICE, "MODEL.DEVICE", "MODEL.DEVICE cpu")
         return apply_speedups(super().build_model(cfg), cfg)
 
     @classmethod
@@ -266,6 +275,7 @@ class LazyTrainer(Trainer):
     @classmethod
     def build_model(cls, cfg):
         """``cfg.model`` on ``cfg.train.device``, with ``cfg.train.speedups`` when it is set."""
+        _check_cuda_available(cfg.train.device, "train.device", "train.device=cpu")
         model = instantiate(cfg.model).to(cfg.train.device)
         speedups = cfg.train.get("speedups")
         if speedups:
@@ -299,6 +309,7 @@ class Predictor(DefaultPredictor):
         # The parent's __init__ would load the weights with DetectionCheckpointer; the rest of
         # the set-up is the parent's, attribute for attribute, so its __call__ works unchanged.
         self.cfg = cfg.clone()
+        _check_cuda_available(cfg.MODEL.DEVICE, "MODEL.DEVICE", "MODEL.DEVICE cpu")
         self.model = apply_speedups(build_model(self.cfg).eval(), self.cfg)
         if cfg.DATASETS.TEST:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])

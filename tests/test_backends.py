@@ -1,6 +1,7 @@
 """The dispatch table, mixed precision and deterministic gradients of every pooler type (CPU)."""
 
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,27 @@ def test_amp_training_without_a_gpu_fails_first_naming_the_key(tiny_coco_dataset
     with pytest.raises(ValueError, match=r"SOLVER.AMP.ENABLED is True, but MODEL.DEVICE is 'cpu'"):
         Trainer(cfg)
     assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_a_cuda_device_without_a_gpu_is_refused_naming_the_key(tiny_coco_dataset, tmp_path):
+    """The COCO configs say MODEL.DEVICE cuda (Detectron2's default); without a GPU, PyTorch fails
+    when the model moves there, naming no key."""
+    from detectron2.modeling import build_model
+
+    from helpers import small_mask_rcnn_cfg
+    from mask_rcnn_ext.config import load_lazy_config
+    from mask_rcnn_ext.engine import LazyTrainer, Predictor, Trainer
+
+    cfg = small_mask_rcnn_cfg(tiny_coco_dataset, tmp_path, depth=18)
+    cfg.MODEL.DEVICE = "cuda"
+    with pytest.raises((RuntimeError, AssertionError)):  # what Detectron2 alone gives
+        build_model(cfg)
+    refused = r"MODEL.DEVICE is 'cuda', but no CUDA GPU is available.*MODEL.DEVICE cpu runs"
+    for build in (Trainer, Trainer.build_model, Predictor):
+        with pytest.raises(ValueError, match=refused):
+            build(cfg)
+    config = Path(__file__).parent.parent / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.py"
+    lazy = load_lazy_config(str(config), ["train.device=cuda"])
+    with pytest.raises(ValueError, match=r"train.device is 'cuda'.*train.device=cpu runs"):
+        LazyTrainer.build_model(lazy)
