@@ -8,7 +8,7 @@
     python train_net.py --config-file CFG --dataset my_train my.json images/ \
         DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
     python train_net.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.py \
-        train.max_iter=100                                    # a LazyConfig: key=value overrides
+        optimizer.lr=0.02                                     # a LazyConfig: key=value overrides
 """
 
 from detectron2.engine import default_argument_parser, default_setup

@@ -102,7 +102,9 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CN:
 # What mask_rcnn_ext.engine.LazyTrainer reads from a LazyConfig, as Detectron2's
 # tools/lazyconfig_train_net.py does (configs/common/*.py define them).
 LAZY_CONFIG_KEYS = ("model", "dataloader.train", "dataloader.test", "optimizer", "lr_multiplier",
-                    "train.output_dir", "train.init_checkpoint", "train.max_iter", "train.device")
+                    "train.output_dir", "train.init_checkpoint", "train.max_iter", "train.device",
+                    "train.amp.enabled", "train.checkpointer", "train.eval_period",
+                    "train.log_period")
 
 
 def is_lazy_config(config_file: str) -> bool:

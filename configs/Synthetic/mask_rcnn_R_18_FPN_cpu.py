@@ -1,7 +1,10 @@
 """The small CPU model on the synthetic set: configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml as a
 LazyConfig (``train_net.py --config-file`` takes either; overrides here are ``key=value``):
 
-    python train_net.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.py train.max_iter=100
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.py optimizer.lr=0.02
+
+As in Detectron2's LazyConfigs, the schedule's milestones are iterations and its warm-up a
+fraction of train.max_iter: change them with it.
 """
 
 from detectron2.config import LazyCall as L
