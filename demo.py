@@ -94,9 +94,9 @@ def main(argv=None):
             drawn = side_by_side(truth, drawn)
         target = args.output / (Path(path).stem + ".png")
         Image.fromarray(drawn).save(target)
-        truth = (f", {len(record.get('annotations', []))} in the ground truth" if args.show_gt
-                 else "")
-        print(f"{path}: {len(instances)} instances{truth} -> {target}")
+        counted = (f", {len(record.get('annotations', []))} in the ground truth" if args.show_gt
+                   else "")
+        print(f"{path}: {len(instances)} instances{counted} -> {target}")
 
 
 if __name__ == "__main__":

@@ -37,14 +37,12 @@ def argument_parser():
 def setup(args):
     """The config (a YAML CfgNode, or a LazyConfig for a ``.py`` file), its data sets registered
     and Detectron2's logging and output folder set up."""
-    if is_lazy_config(args.config_file):
-        cfg, datasets = load_lazy_config(args.config_file, args.opts), []
-    else:
-        cfg = load_config(args.config_file, args.opts)
-        datasets = cfg.DATASETS.COCO_FORMAT
+    lazy = is_lazy_config(args.config_file)
+    cfg = (load_lazy_config if lazy else load_config)(args.config_file, args.opts)
+    datasets = [] if lazy else cfg.DATASETS.COCO_FORMAT
     for name, json_file, image_root in [*datasets, *getattr(args, "dataset", [])]:
         register_coco_format(name, json_file, image_root)
-    if not is_lazy_config(args.config_file):
+    if not lazy:
         cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -52,15 +50,12 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
-    lazy = is_lazy_config(args.config_file)
-    trainer_class = LazyTrainer if lazy else Trainer
+    trainer_class = LazyTrainer if is_lazy_config(args.config_file) else Trainer
     if args.eval_only:
         model = trainer_class.build_model(cfg)
-        output_dir, weights = ((cfg.train.output_dir, cfg.train.init_checkpoint) if lazy
-                               else (cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS))
-        SafeCheckpointer(model, save_dir=output_dir,
+        SafeCheckpointer(model, save_dir=trainer_class.output_dir(cfg),
                          check_weights=not getattr(args, "skip_weight_checks", False)
-                         ).resume_or_load(weights, resume=args.resume)
+                         ).resume_or_load(trainer_class.initial_weights(cfg), resume=args.resume)
         return trainer_class.test(cfg, model)
     trainer = trainer_class(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -158,7 +158,7 @@ class Trainer(DefaultTrainer):
         ``model_final.pth`` is missing (a save killed mid-write), it is written from the last
         checkpoint, which holds the same final weights: else no later run would ever write it."""
         # DefaultTrainer's, with the weights named by the config's kind.
-        self.checkpointer.resume_or_load(self._initial_weights(), resume=resume)
+        self.checkpointer.resume_or_load(self.initial_weights(self.cfg), resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
         final = os.path.join(self.checkpointer.save_dir, "model_final.pth")
@@ -169,8 +169,14 @@ class Trainer(DefaultTrainer):
                 f"interrupted): writing it from {self.checkpointer.get_checkpoint_file()}")
             self.checkpointer.save("model_final", iteration=self.start_iter - 1)
 
-    def _initial_weights(self) -> str:
-        return self.cfg.MODEL.WEIGHTS
+    @classmethod
+    def initial_weights(cls, cfg) -> str:
+        """The weights a run starts from, and ``--eval-only`` evaluates."""
+        return cfg.MODEL.WEIGHTS
+
+    @classmethod
+    def output_dir(cls, cfg) -> str:
+        return cfg.OUTPUT_DIR
 
     def build_hooks(self):
         # DefaultTrainer made its checkpointer just before; the periodic-checkpoint hook and
@@ -239,15 +245,20 @@ class LazyTrainer(Trainer):
         except ValueError as error:  # fvcore's messages name no key
             raise ValueError(f"lr_multiplier: {error} (train.max_iter is {train.max_iter}; "
                              "milestones must lie below it)") from error
-        self.checkpointer = SafeCheckpointer(model, train.output_dir,
+        self.checkpointer = SafeCheckpointer(model, self.output_dir(cfg),
                                                trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = train.max_iter
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
-    def _initial_weights(self) -> str:
-        return self.cfg.train.init_checkpoint
+    @classmethod
+    def initial_weights(cls, cfg) -> str:
+        return cfg.train.init_checkpoint
+
+    @classmethod
+    def output_dir(cls, cfg) -> str:
+        return cfg.train.output_dir
 
     def _run_training(self):
         TrainerBase.train(self, self.start_iter, self.max_iter)
@@ -270,7 +281,7 @@ class LazyTrainer(Trainer):
         ]
 
     def build_writers(self):
-        return default_writers(self.cfg.train.output_dir, self.max_iter)
+        return default_writers(self.output_dir(self.cfg), self.max_iter)
 
     @classmethod
     def build_model(cls, cfg):
