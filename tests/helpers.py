@@ -1,11 +1,13 @@
-"""Helpers shared by the tests: a small Mask R-CNN config, and COCO evaluation of the synthetic
-evaluation problems (``mask_rcnn_ext.data.synthetic.evaluation_problem``)."""
+"""Helpers shared by the tests: a small Mask R-CNN config, a training batch, and COCO evaluation
+of the synthetic evaluation problems (``mask_rcnn_ext.data.synthetic.evaluation_problem``)."""
 
 import contextlib
 import copy
 import json
 
+import torch
 from detectron2.config import get_cfg
+from detectron2.structures import Boxes, Instances, PolygonMasks
 
 from mask_rcnn_ext import add_mask_rcnn_ext_config
 from mask_rcnn_ext.data import synthetic
@@ -58,6 +60,28 @@ def small_mask_rcnn_cfg(dataset_name="", output_dir="", depth=50):
     cfg.SOLVER.WARMUP_ITERS = 0
     cfg.OUTPUT_DIR = str(output_dir)
     return cfg
+
+
+def training_batch(seed=0, empty_second=False):
+    """Two normalised-size images with square and triangle instances (exact polygons)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for index in range(2):
+        image = torch.rand(3, 64, 80, generator=generator) * 255
+        instances = Instances((64, 80))
+        polygons, boxes, classes = [], [], []
+        if not (empty_second and index == 1):
+            for k in range(3):
+                x, y = (torch.rand(2, generator=generator) * 40).tolist()
+                side = 10 + 10 * float(torch.rand(1, generator=generator))
+                polygons.append([[x, y, x + side, y, x + side, y + side, x, y + side]])
+                boxes.append([x, y, x + side, y + side])
+                classes.append(k % 2)
+        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4))
+        instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        instances.gt_masks = PolygonMasks(polygons)
+        batch.append({"image": image, "instances": instances, "height": 64, "width": 80})
+    return batch
 
 
 def evaluate(evaluator_class, ground_truth, detections, iou_type, use_cats):

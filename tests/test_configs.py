@@ -8,7 +8,13 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from mask_rcnn_ext import add_mask_rcnn_ext_config
-from mask_rcnn_ext.modeling import MaskHeadBase, MaskRCNNExtROIHeads, MaskScoringHead
+from mask_rcnn_ext.modeling import (
+    POOLER_REGISTRY,
+    MaskHeadBase,
+    MaskRCNNExtRes5ROIHeads,
+    MaskRCNNExtROIHeads,
+    MaskScoringHead,
+)
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
 
@@ -31,13 +37,19 @@ def test_config_builds_its_model(path):
     cfg = load(path)
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert isinstance(model.roi_heads, MaskRCNNExtROIHeads)
-    assert isinstance(model.roi_heads.mask_head, MaskHeadBase)
-    assert type(model.roi_heads.mask_head).__name__ == cfg.MODEL.ROI_MASK_HEAD.NAME
-    assert model.roi_heads.mask_head.output_side == cfg.MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION
-    assert isinstance(model.roi_heads.mask_head, MaskScoringHead) == ("scoring" in path.name)
-    expected = cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE
-    assert type(model.roi_heads.mask_pooler.level_poolers[0]).__name__ in {
-        "ROIAlign", "PreciseROIPool", "ROIWarp", "ROIPool"}
-    if expected == "ROIAlignMax":
-        assert model.roi_heads.mask_pooler.level_poolers[0].mode == "max"
+    heads = model.roi_heads
+    if cfg.MODEL.ROI_HEADS.NAME == "MaskRCNNExtRes5ROIHeads":
+        assert isinstance(heads, MaskRCNNExtRes5ROIHeads)
+        pooler, branch = heads.pooler, cfg.MODEL.ROI_BOX_HEAD  # shared by both branches
+    else:
+        assert isinstance(heads, MaskRCNNExtROIHeads)
+        pooler, branch = heads.mask_pooler, cfg.MODEL.ROI_MASK_HEAD
+    assert isinstance(heads.mask_head, MaskHeadBase)
+    assert type(heads.mask_head).__name__ == cfg.MODEL.ROI_MASK_HEAD.NAME
+    assert heads.mask_head.output_side == cfg.MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION
+    assert isinstance(heads.mask_head, MaskScoringHead) == ("scoring" in path.name)
+    stride = model.backbone.output_shape()[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].stride
+    side = branch.POOLER_RESOLUTION
+    expected = POOLER_REGISTRY.get(branch.POOLER_TYPE)((side, side), 1 / stride,
+                                                        branch.POOLER_SAMPLING_RATIO)
+    assert repr(pooler.level_poolers[0]) == repr(expected)

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from helpers import small_mask_rcnn_cfg
+from helpers import small_mask_rcnn_cfg, training_batch
 from mask_rcnn_ext import add_mask_rcnn_ext_config, load_config
 from mask_rcnn_ext.modeling import (
     POOLER_REGISTRY,
@@ -30,28 +30,6 @@ def _ext(cfg):
     cfg.MODEL.ROI_HEADS.NAME = "MaskRCNNExtROIHeads"
     cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNFCNHead"
     return cfg
-
-
-def _batch(seed=0, empty_second=False):
-    """Two normalised-size images with square and triangle instances (exact polygons)."""
-    generator = torch.Generator().manual_seed(seed)
-    batch = []
-    for index in range(2):
-        image = torch.rand(3, 64, 80, generator=generator) * 255
-        instances = Instances((64, 80))
-        polygons, boxes, classes = [], [], []
-        if not (empty_second and index == 1):
-            for k in range(3):
-                x, y = (torch.rand(2, generator=generator) * 40).tolist()
-                side = 10 + 10 * float(torch.rand(1, generator=generator))
-                polygons.append([[x, y, x + side, y, x + side, y + side, x, y + side]])
-                boxes.append([x, y, x + side, y + side])
-                classes.append(k % 2)
-        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4))
-        instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-        instances.gt_masks = PolygonMasks(polygons)
-        batch.append({"image": image, "instances": instances, "height": 64, "width": 80})
-    return batch
 
 
 def test_config_defaults_are_stock():
@@ -97,7 +75,7 @@ def test_training_losses_equal_stock(stock_and_ext):
         model.train()
         torch.manual_seed(123)  # proposal sampling draws random numbers
         with EventStorage():  # the heads log metrics, as under a trainer
-            losses.append({k: v.item() for k, v in model(_batch()).items()})
+            losses.append({k: v.item() for k, v in model(training_batch()).items()})
     assert set(losses[0]) == set(losses[1]) and "loss_mask" in losses[0]
     for key, value in losses[0].items():
         assert losses[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
@@ -109,7 +87,7 @@ def test_inference_outputs_equal_stock(stock_and_ext):
     for model in (stock, ext):
         model.eval()
         with torch.no_grad():
-            outputs.append([o["instances"] for o in model(_batch())])
+            outputs.append([o["instances"] for o in model(training_batch())])
     for ours, theirs in zip(outputs[1], outputs[0], strict=True):
         assert len(theirs) > 0
         torch.testing.assert_close(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
@@ -136,11 +114,11 @@ def test_mask_scoring_adds_exactly_its_keys_and_logs_them(stock_and_ext, caplog)
 
     scored.train()
     with EventStorage():
-        losses = scored(_batch())
+        losses = scored(training_batch())
     assert "loss_maskiou" in losses and torch.isfinite(losses["loss_maskiou"])
     scored.eval()
     with torch.no_grad():
-        (first, _) = scored(_batch())
+        (first, _) = scored(training_batch())
     instances = first["instances"]
     torch.testing.assert_close(instances.scores, instances.box_scores * instances.pred_mask_iou)
 
@@ -267,7 +245,7 @@ def test_images_without_instances_and_degenerate_proposals_train(stock_and_ext):
     _, ext = stock_and_ext
     ext.train()
     with EventStorage():
-        losses = ext(_batch(seed=3, empty_second=True))
+        losses = ext(training_batch(seed=3, empty_second=True))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(torch.isfinite(p.grad).all() for p in ext.parameters() if p.grad is not None)
@@ -288,7 +266,7 @@ def test_every_pooler_type_trains_in_both_branches(pooler_type, autocast):
         assert repr(level) == repr(expected)
     model.train()
     with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        losses = model(_batch(seed=4))
+        losses = model(training_batch(seed=4))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -384,7 +362,7 @@ def test_keypoint_branch_is_stock_and_takes_registry_poolers():
     result = ext.load_state_dict(stock.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
-        theirs, ours = stock(_batch()), ext(_batch())
+        theirs, ours = stock(training_batch()), ext(training_batch())
     for mine, stock_output in zip(ours, theirs, strict=True):
         assert len(stock_output["instances"]) > 0
         torch.testing.assert_close(mine["instances"].pred_keypoints,

@@ -73,12 +73,14 @@ class MaskIoUHead(HeadBranch):
         nn.init.constant_(self.predictor.bias, 0)
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int):
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        """input_shape: the mask head's input (in the res5 head, res5's output, not the pooled
+        features)."""
         scoring = cfg.MODEL.ROI_MASK_SCORING
         head = cfg.MODEL.ROI_MASK_HEAD
         return {
-            "in_channels": in_channels,
-            "pooled_side": head.POOLER_RESOLUTION,
+            "in_channels": input_shape.channels,
+            "pooled_side": input_shape.height,
             "mask_side": head.OUTPUT_RESOLUTION,
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "num_conv": scoring.NUM_CONV,
@@ -173,7 +175,7 @@ class MaskScoringHead(MaskRCNNFCNHead):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         scoring = cfg.MODEL.ROI_MASK_SCORING
-        ret.update(mask_iou_head=MaskIoUHead(cfg, input_shape.channels),
+        ret.update(mask_iou_head=MaskIoUHead(cfg, input_shape),
                    mask_iou_loss_weight=scoring.LOSS_WEIGHT,
                    mask_iou_threshold=scoring.MASK_THRESHOLD)
         return ret
