@@ -211,7 +211,9 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return FastCOCOEvaluator(dataset_name, output_dir=output_folder)
+        return FastCOCOEvaluator(dataset_name, output_dir=output_folder,
+                                 boundary_ap=cfg.TEST.BOUNDARY_AP,
+                                 boundary_dilation_ratio=cfg.TEST.BOUNDARY_DILATION_RATIO)
 
 
 class LazyTrainer(Trainer):

@@ -2,6 +2,8 @@
 COCOeval (the official implementation) and Detectron2's COCOEvaluator on the same predictions."""
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -9,11 +11,14 @@ import pytest
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from helpers import evaluate, registered
+from mask_rcnn_ext import load_config
 from mask_rcnn_ext.data.synthetic import detections_to_instances, evaluation_problem
+from mask_rcnn_ext.engine import Trainer
 from mask_rcnn_ext.evaluation import FastCOCOEvaluator, encode_masks
 
 
@@ -94,3 +99,59 @@ def test_ap_equals_pycocotools_and_coco_evaluator(registered_problem, tmp_path, 
         np.testing.assert_allclose(np.array(ours_stats) / 100, expected, atol=1e-6)
         assert ours[task] == pytest.approx(stock[task], abs=1e-12, nan_ok=True)  # per class too
     assert ours["segm"]["AP"] > 10 and ours["bbox"]["AP"] > 10
+
+
+def _inner_band(mask: np.ndarray, width: int) -> np.ndarray:
+    """Boundary IoU's band (Cheng et al. 2021): the mask pixels with a pixel outside the mask (or
+    outside the image) within ``width`` pixels in x and y."""
+    padded = np.pad(mask, width)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * width + 1, 2 * width + 1))
+    return mask & ~windows.all(axis=(2, 3))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 4])
+def test_boundary_ap_on_a_hand_built_case(tmp_path, shift):
+    """One 40 x 40 square and one prediction moved ``shift`` px right: AP at each COCO IoU
+    threshold is 1 if min(mask IoU, band IoU) reaches it, else 0."""
+    height = width = 100
+    dataset = {"images": [{"id": 1, "height": height, "width": width, "file_name": "1.png"}],
+               "categories": [{"id": 1, "name": "square"}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                                "area": 1600.0, "bbox": [10, 10, 40, 40],
+                                "segmentation": [[10, 10, 50, 10, 50, 50, 10, 50]]}]}
+    truth = np.zeros((height, width), dtype=bool)
+    truth[10:50, 10:50] = True
+    predicted = np.roll(truth, shift, axis=1)
+    instances = Instances((height, width), pred_boxes=Boxes(torch.tensor([[10.0 + shift, 10,
+                                                                            50 + shift, 50]])),
+                          scores=torch.tensor([0.9]), pred_classes=torch.tensor([0]),
+                          pred_masks=torch.from_numpy(predicted)[None])
+    name = f"mask_rcnn_ext_test_boundary_{shift}"
+    with registered(dataset, tmp_path, name):
+        evaluator = FastCOCOEvaluator(name, output_dir=None, boundary_ap=True)
+        evaluator.reset()
+        evaluator.process([{"image_id": 1}], [{"instances": instances}])
+        results = evaluator.evaluate()
+    band = max(1, round(0.02 * math.hypot(height, width)))  # the paper's dilation ratio
+    mask_iou = _iou(truth, predicted)
+    boundary_iou = min(mask_iou, _iou(_inner_band(truth, band), _inner_band(predicted, band)))
+    thresholds = np.linspace(0.5, 0.95, 10)
+    assert results["segm"]["AP"] == pytest.approx(100 * np.mean(mask_iou >= thresholds))
+    assert results["boundary"]["AP"] == pytest.approx(100 * np.mean(boundary_iou >= thresholds))
+    assert results["boundary"]["AP75"] == pytest.approx(100 * (boundary_iou >= 0.75))
+    if shift == 2:  # mask AP hardly sees a 2 px shift; boundary AP does
+        assert results["segm"]["AP"] - results["boundary"]["AP"] >= 50
+
+
+def test_boundary_ap_is_off_unless_asked_and_on_in_our_configs(registered_problem):
+    name, dataset, detections, _ = registered_problem
+    assert "boundary" not in _run(FastCOCOEvaluator(name, output_dir=None), dataset, detections)
+    cfg = load_config(str(Path(__file__).parent.parent / "configs/Synthetic/"
+                          "mask_rcnn_R_18_FPN_cpu.yaml"))
+    evaluator = Trainer.build_evaluator(cfg, name, output_folder=None)
+    results = _run(evaluator, dataset, detections)
+    assert 0 < results["boundary"]["AP"] < results["segm"]["AP"]

@@ -173,7 +173,7 @@ def test_train_net_trains_resumes_and_evaluates_a_lazy_config(tiny_coco_dataset,
         ["--config-file", config, "train.max_iter=2", "train.checkpointer.period=1", *small]))
     assert (output / "model_final.pth").is_file() and (output / "model_0000000.pth").is_file()
     assert (output / "metrics.json").is_file() and (output / "config.yaml").is_file()
-    assert set(results) == {"bbox", "segm"}  # evaluated after the last iteration
+    assert set(results) == {"bbox", "segm", "boundary"}  # evaluated after the last iteration
     assert "copypaste: Task: segm" in capsys.readouterr().out
 
     trainer_state = torch.load(output / "model_final.pth", weights_only=True)
@@ -185,7 +185,7 @@ def test_train_net_trains_resumes_and_evaluates_a_lazy_config(tiny_coco_dataset,
     results = train_net.main(parser.parse_args(
         ["--config-file", config, "--eval-only", f"train.init_checkpoint={output}/model_final.pth",
          *small]))
-    assert set(results) == {"bbox", "segm"}
+    assert set(results) == {"bbox", "segm", "boundary"}
 
 
 def test_lazy_config_errors_name_the_key_and_file(tmp_path):

@@ -44,5 +44,6 @@ dataloader = dict(
         num_workers=4,
     ),
     evaluator=L(FastCOCOEvaluator)(dataset_name="${..test.dataset.names}",
-                                   output_dir="${train.output_dir}/inference"),
+                                   output_dir="${train.output_dir}/inference",
+                                   boundary_ap=True, boundary_dilation_ratio=0.02),
 )
