@@ -35,8 +35,11 @@ def test_configs_are_found():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
 def test_config_builds_its_model(path):
     cfg = load(path)
-    torch.manual_seed(0)
-    model = build_model(cfg)
+    # What is checked is the model's structure: built on the meta device, its weights are not
+    # initialised (4 s for an R-50 on CPU, 0.1 s here).
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(cfg)
     heads = model.roi_heads
     if cfg.MODEL.ROI_HEADS.NAME == "MaskRCNNExtRes5ROIHeads":
         assert isinstance(heads, MaskRCNNExtRes5ROIHeads)
