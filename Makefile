@@ -65,8 +65,9 @@ bench: setup
 	$(PY) -m benchmarks.summary
 
 .PHONY: ablation
-# The accuracy study on the synthetic set (not in CI; long on CPU): stock Mask R-CNN and our
-# variants, 2 seeds each; writes benchmarks/results/ablation.{json,md}. Reruns reuse finished runs.
+# The accuracy study on the synthetic set (not in CI; long on CPU): FPN, stride-16 and stride-32
+# variants, 3 seeds each; writes benchmarks/results/ablation.{json,md,png}. Reruns reuse finished
+# runs.
 ablation: setup
 	@test -f $(DATA_ROOT)/synthetic/annotations/instances_val.json || $(PY) datasets/prepare_synthetic.py
 	$(PY) -m benchmarks.ablation

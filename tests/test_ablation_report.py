@@ -1,47 +1,122 @@
-"""The ablation study's report: which evaluation a run's metrics.json holds, and the verdicts on
-the paper's orderings and the options' gains (benchmarks/ablation.py)."""
+"""The accuracy study (benchmarks/ablation.py): which evaluations a run's metrics.json holds, the
+paired intervals and verdicts, the report and plot, and that every variant's configs build."""
 
+import argparse
 import json
 import math
+from pathlib import Path
 
-from benchmarks.ablation import _comparisons, _final_metrics
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from benchmarks.ablation import (
+    CLAIMS,
+    METRICS,
+    VARIANTS,
+    _evaluations,
+    _settings,
+    paired_difference,
+    plot,
+    report,
+    summarise,
+    verdict,
+)
+from mask_rcnn_ext import load_config
+from mask_rcnn_ext.modeling import POOLER_REGISTRY
 
 
-def test_final_metrics_take_the_last_evaluation(tmp_path):
+def test_evaluations_are_read_in_order(tmp_path):
     path = tmp_path / "metrics.json"
-    assert _final_metrics(path) is None  # not run yet
-    path.write_text(json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n")
-    assert _final_metrics(path) is None  # trained, not evaluated
+    assert _evaluations(path) == []  # not run yet
     records = [{"iteration": 9, "total_loss": 1.0},
-               {"iteration": 10, "bbox/AP": 1.0, "segm/AP": 2.0, "segm/AP50": 3.0,
-                "segm/AP75": 4.0},
-               {"iteration": 20, "bbox/AP": 5.0, "segm/AP": 6.0, "segm/AP50": 7.0,
-                "segm/AP75": 8.0}]
+               {"iteration": 79, "bbox/AP": 1.0, "segm/AP": 2.0, "segm/AP75": 3.0,
+                "boundary/AP": 4.0},
+               {"iteration": 99, "bbox/AP": 5.0, "segm/AP": 6.0, "segm/AP75": 7.0,
+                "boundary/AP": 8.0}]
     path.write_text("\n".join(map(json.dumps, records)) + "\n")
-    assert _final_metrics(path) == {"bbox/AP": 5.0, "segm/AP": 6.0, "segm/AP50": 7.0,
-                                    "segm/AP75": 8.0}
+    assert _evaluations(path) == [
+        {"iteration": 79, "segm/AP": 2.0, "segm/AP75": 3.0, "boundary/AP": 4.0, "bbox/AP": 1.0},
+        {"iteration": 99, "segm/AP": 6.0, "segm/AP75": 7.0, "boundary/AP": 8.0, "bbox/AP": 5.0}]
     # A model that detects nothing: Detectron2 writes NaN box metrics and no mask metrics.
     path.write_text(json.dumps({"iteration": 10, "bbox/AP": math.nan}) + "\n")
-    assert all(math.isnan(value) for value in _final_metrics(path).values())
+    assert all(math.isnan(value) for key, value in _evaluations(path)[0].items()
+               if key != "iteration")
 
 
-def _runs(*mask_aps):
-    return [{"bbox/AP": 0.0, "segm/AP": ap, "segm/AP50": 0.0, "segm/AP75": 0.0}
-            for ap in mask_aps]
+def test_paired_difference_on_a_hand_computed_case():
+    # Differences 2, 3, 4: mean 3, standard deviation 1; t(0.975, 2 df) = 4.3027.
+    mean, low, high = paired_difference([3.0, 5.0, 7.0], [1.0, 2.0, 3.0])
+    assert mean == pytest.approx(3.0)
+    assert (low, high) == pytest.approx((3 - 4.3027 / math.sqrt(3), 3 + 4.3027 / math.sqrt(3)),
+                                        abs=1e-4)
+    assert paired_difference([1.0], [0.0]) == (1.0, -math.inf, math.inf)
 
 
-def test_ordering_verdicts_weigh_differences_against_the_seed_spread():
-    results = {"RoIAlign avg (ours)": _runs(20.0, 22.0),   # mean 21, std 1.41
-               "RoIPool": _runs(15.0, 16.0),                # 5.5 lower: holds
-               "softmax mask loss": _runs(20.0, 21.0),      # 0.5 lower: within noise
-               "MLP mask head": _runs(25.0, 27.0),          # 5 higher: reversed
-               "mask scoring": _runs(23.0, 24.0)}           # adds 2.5: holds
-    rows = {line.split(" | ")[0].strip("| "): line for line in _comparisons(results)[2:]}
-    assert rows["RoIAlign > RoIPool"].endswith("| holds |") and "+5.5" in rows[
-        "RoIAlign > RoIPool"]
-    assert rows["sigmoid > softmax"].endswith("| within noise |")
-    assert rows["FCN > MLP"].endswith("| reversed |") and "-5.0" in rows["FCN > MLP"]
-    assert rows["mask scoring on > off"].endswith("| holds |") and "+2.5" in rows[
-        "mask scoring on > off"]
-    assert "RoIAlign > RoIWarp" not in rows  # not run
-    assert _comparisons({"RoIWarp": _runs(1.0, 2.0)}) == []  # nothing to compare it with
+@pytest.mark.parametrize(("relation", "low", "high", "expected"), [
+    (">", 0.1, 2.0, "holds"), (">", -2.0, -0.1, "reversed"), (">", -0.5, 1.0, "unresolved"),
+    ("=", -0.5, 1.0, "consistent"), ("=", 0.2, 1.0, "differs"),
+    (">", math.nan, math.nan, "no detections to compare")])
+def test_verdicts(relation, low, high, expected):
+    assert verdict(relation, low, high) == expected
+
+
+def _runs(final_aps, early_aps, seconds=60.0):
+    return [{"at_80_percent": {key: early for key in METRICS},
+             "final": {key: final for key in METRICS}, "seconds": seconds}
+            for final, early in zip(final_aps, early_aps, strict=True)]
+
+
+def test_summary_report_and_plot(tmp_path):
+    results = {"stride-32 RoIAlign avg": _runs([30.0, 32.0, 31.0], [29.8, 31.5, 31.0]),
+               "stride-32 RoIPool": _runs([25.0, 26.0, 24.0], [25.0, 26.5, 24.0]),
+               "RoIAlign avg": _runs([20.0, 21.0, 22.0], [15.0, 16.0, 17.0]),  # still rising
+               "RoIAlign max": _runs([20.5, 20.5, 22.5], [20.0, 21.0, 22.0])}
+    summary = summarise(results)
+    claim = summary["claims"]["stride 32: RoIAlign > RoIPool (Table 2d)"]
+    assert claim["verdict"] == "holds"
+    assert claim["differences"]["segm/AP"][0] == pytest.approx(6.0)
+    assert summary["claims"]["FPN: RoIAlign max = avg"]["verdict"] == "consistent"
+    assert set(summary["claims"]) == {"stride 32: RoIAlign > RoIPool (Table 2d)",
+                                      "FPN: RoIAlign max = avg"}  # the others were not run
+    assert summary["variants"]["stride-32 RoIPool"]["converged"]
+    assert not summary["variants"]["RoIAlign avg"]["converged"]
+    lines = report(summary, ["# header"])
+    row = next(line for line in lines if line.startswith("| RoIAlign avg |"))
+    assert "+5.0 (not converged)" in row and "21.0 ± " in row
+    assert any(line.startswith("| stride 32: RoIAlign > RoIPool (Table 2d) | +6.0 [") and
+               line.endswith("| holds |") for line in lines)
+    plot(summary, tmp_path / "study.png")
+    assert (tmp_path / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_claim_compares_variants_of_one_family():
+    for a, relation, b in CLAIMS.values():
+        assert VARIANTS[a].family == VARIANTS[b].family and relation in (">", "=")
+
+
+@pytest.mark.parametrize("coco", [False, True], ids=["synthetic", "coco"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_builds_what_it_says(variant, coco, tmp_path):
+    """Its config and overrides (and the schedule) load, and the model has the variant's pooler
+    type in every branch; built on the meta device (the structure is what is checked)."""
+    args = argparse.Namespace(coco=coco, iterations=None if coco else 100)
+    config, overrides = _settings(variant, 0, args, tmp_path)
+    cfg = load_config(config, overrides)
+    assert Path(cfg.OUTPUT_DIR) == tmp_path and cfg.SEED == 0
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    heads = model.roi_heads
+    poolers = ([heads.pooler] if hasattr(heads, "pooler")
+               else [heads.box_pooler, heads.mask_pooler])
+    expected = dict(zip(VARIANTS[variant].overrides[::2], VARIANTS[variant].overrides[1::2],
+                        strict=True)).get("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlignV2")
+    for pooler in poolers:
+        level = pooler.level_poolers[0]
+        reference = POOLER_REGISTRY.get(expected)(pooler.output_size, 1.0, 0)
+        assert type(level) is type(reference)
+        for attribute in ("mode", "aligned"):
+            assert getattr(level, attribute, None) == getattr(reference, attribute, None)
+    if not coco:
+        assert cfg.TEST.EVAL_PERIOD == 80 and cfg.SOLVER.MAX_ITER == 100

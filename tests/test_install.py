@@ -9,6 +9,8 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -18,6 +20,7 @@ def _run(*command, cwd):
     return result.stdout
 
 
+@pytest.mark.slow  # builds a wheel and a venv, ~15 s
 def test_wheel_installs_into_an_existing_environment(tmp_path):
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
          str(tmp_path / "dist"), str(ROOT), cwd=tmp_path)

@@ -125,6 +125,7 @@ def test_own_coco_format_data_from_the_command_line(small_synthetic, tmp_path):
     assert _copypaste_ap(log, "segm") >= 0
 
 
+@pytest.mark.slow  # ~20 s; launch over gloo is in test_compat_fixes
 def test_two_cpu_processes_train_and_evaluate(small_synthetic, tmp_path):
     """Distributed data-parallel training on a CPU-only machine: 2 processes over gloo."""
     output = tmp_path / "output"
@@ -196,6 +197,7 @@ def _workers_after_killing_their_launcher(tmp_path, which: str) -> list[int]:
     return alive
 
 
+@pytest.mark.slow  # two launches of two workers each, ~25 s
 def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     assert _workers_after_killing_their_launcher(tmp_path, "ours") == []
     # Detectron2's own launch, started the same way: its workers run on.
