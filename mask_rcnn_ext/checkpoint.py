@@ -30,7 +30,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
 __all__ = ["SafeCheckpointer", "UnsafeCheckpointError", "UnusableWeightsError",
-           "load_pickled_arrays", "remove_interrupted_saves"]
+           "load_pickled_arrays", "remove_interrupted_saves", "write_checkpoint"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -79,6 +79,13 @@ def _write_atomically(path: str, write: Callable[[object], None], mode: str) -> 
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def write_checkpoint(path: str, data: dict) -> None:
+    """``torch.save(data)`` to ``path`` (its folder made if missing), atomically: a save that is
+    killed leaves the previous file, never a truncated one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _write_atomically(path, lambda stream: torch.save(data, stream), "wb")
 
 
 def remove_interrupted_saves(folder: str) -> list[str]:
@@ -213,7 +220,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
         self.logger.info(f"Saving checkpoint to {path}")
-        _write_atomically(path, lambda stream: torch.save(data, stream), "wb")
+        write_checkpoint(path, data)
         self.tag_last_checkpoint(os.path.basename(path))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
