@@ -142,6 +142,9 @@ def _settings(variant: str, seed: int, args, folder: Path) -> tuple[str, list[st
     overrides = list(VARIANTS[variant].overrides)
     if args.iterations or not args.coco:
         overrides += _schedule(args.iterations or 300)
+    else:  # the config's own schedule, also evaluated at 80%
+        iterations = load_config(str(ROOT / config)).SOLVER.MAX_ITER
+        overrides += ["TEST.EVAL_PERIOD", str(int(iterations * 0.8))]
     return str(ROOT / config), [*overrides, "SEED", str(seed), "OUTPUT_DIR", str(folder)]
 
 
