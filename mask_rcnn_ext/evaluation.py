@@ -207,7 +207,9 @@ class FastCOCOEvaluator(COCOEvaluator):
 
     def _boundary_results(self, results: list[dict], img_ids) -> dict[str, float]:
         """Boundary AP of the mask results (faster-coco-eval's ``iouType="boundary"``), as
-        ``_derive_coco_results`` gives the other tasks: COCO's metrics and AP per category."""
+        ``_derive_coco_results`` gives the other tasks: COCO's metrics and AP per category.
+        (Not through that method: it knows only Detectron2's three tasks by name, and would log
+        these figures as mask AP.)"""
         if not results:
             return {metric: math.nan for metric in _AP_METRICS}
         ground_truth = faster_coco_eval.COCO(self._coco_api.dataset)
