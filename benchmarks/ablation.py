@@ -4,9 +4,12 @@
 
 Three model families, as in the paper's Table 2: FPN (every option of the heads), and one feature
 map of stride 16 and of stride 32 (the RoI feature extractors, where misalignment costs most).
-On the synthetic set (default) every variant is its family's small CPU config
-(configs/Synthetic) with the keys below changed, for ``--iterations``. With ``--coco`` it is its
-R-50 COCO config (configs/COCO, configs/Ablations) on its own 1x schedule, on ``--num-gpus`` GPUs:
+On the synthetic set (default) every variant is its family's CPU config (configs/Synthetic/
+*_small_cpu.yaml, the 128 x 160 set ``synthetic_small``) with the keys below changed, on the
+config's schedule; all start from one ResNet-18 pretrained once on the set's object crops
+(``mask_rcnn_ext.pretrain``, its cost reported), as the paper's start from one ImageNet ResNet.
+With ``--coco`` it is its R-50 COCO config (configs/COCO, configs/Ablations) on its own 1x
+schedule, from ImageNet weights, on ``--num-gpus`` GPUs:
 
     python -m benchmarks.ablation --coco --num-gpus 8 --output output/coco_ablation \\
         --results benchmarks/results/coco
@@ -53,14 +56,16 @@ class Family:
 
 
 FAMILIES = {
-    "FPN": Family("R-FPN: poolers on four levels", "configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml",
+    "FPN": Family("R-FPN: poolers on four levels",
+                  "configs/Synthetic/mask_rcnn_R_18_FPN_small_cpu.yaml",
                   "configs/COCO/mask_rcnn_R_50_FPN_1x.yaml"),
-    # On CPU the paper's res5 head is too slow (configs/Synthetic/mask_rcnn_R_18_res4_cpu.yaml).
+    # On CPU the paper's res5 head is too slow (configs/Synthetic/mask_rcnn_R_18_res4_small_cpu).
     "stride 16": Family("one feature map of stride 16 (res4; COCO: ResNet-C4's res5 head, "
-                        "CPU: the FPN heads)", "configs/Synthetic/mask_rcnn_R_18_res4_cpu.yaml",
+                        "CPU: the FPN heads)",
+                        "configs/Synthetic/mask_rcnn_R_18_res4_small_cpu.yaml",
                         "configs/COCO/mask_rcnn_R_50_C4_1x.yaml"),
     "stride 32": Family("one feature map of stride 32 (ResNet-C5: res5, then the FPN heads)",
-                        "configs/Synthetic/mask_rcnn_R_18_C5_cpu.yaml",
+                        "configs/Synthetic/mask_rcnn_R_18_C5_small_cpu.yaml",
                         "configs/COCO/mask_rcnn_R_50_C5_1x.yaml"),
 }
 
@@ -126,11 +131,14 @@ METRICS = ("segm/AP", "segm/AP75", "boundary/AP", "bbox/AP")
 CONVERGED = 1.0  # mask AP points: the most the last 20% of a schedule may change a mean
 
 
-def _schedule(iterations: int) -> list[str]:
-    """LR steps at 85% and 95%; evaluations at 80% and at the end."""
-    steps = (round(iterations * 0.85), min(round(iterations * 0.95), iterations - 1))
+def _schedule(iterations: int, config: str) -> list[str]:
+    """``--iterations`` in place of ``config``'s schedule, its LR steps and warm-up scaled (the
+    synthetic configs run their last 20% at a low rate); evaluations at 80% and at the end."""
+    own = load_config(config).SOLVER
+    scale = iterations / own.MAX_ITER
+    steps = tuple(min(round(step * scale), iterations - 1) for step in own.STEPS)
     return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", str(steps),
-            "SOLVER.WARMUP_ITERS", str(min(50, iterations // 4)),
+            "SOLVER.WARMUP_ITERS", str(round(own.WARMUP_ITERS * min(1.0, scale))),
             "SOLVER.CHECKPOINT_PERIOD", str(iterations),
             "TEST.EVAL_PERIOD", str(int(iterations * 0.8))]
 
@@ -140,12 +148,36 @@ def _settings(variant: str, seed: int, args, folder: Path) -> tuple[str, list[st
     family = FAMILIES[VARIANTS[variant].family]
     config = family.coco_config if args.coco else family.synthetic_config
     overrides = list(VARIANTS[variant].overrides)
-    if args.iterations or not args.coco:
-        overrides += _schedule(args.iterations or 300)
+    if args.iterations:
+        overrides += _schedule(args.iterations, str(ROOT / config))
     else:  # the config's own schedule, also evaluated at 80%
         iterations = load_config(str(ROOT / config)).SOLVER.MAX_ITER
         overrides += ["TEST.EVAL_PERIOD", str(int(iterations * 0.8))]
+    if not args.coco:
+        overrides += ["MODEL.WEIGHTS", str(_pretrained_path(args))]
     return str(ROOT / config), [*overrides, "SEED", str(seed), "OUTPUT_DIR", str(folder)]
+
+
+def _pretrained_path(args) -> Path:
+    return args.output / "pretrained" / "R_18_synthetic_small.pth"
+
+
+def pretrained_backbone(args) -> dict:
+    """The synthetic study's one pretrained ResNet (``mask_rcnn_ext.pretrain`` on the FPN
+    family's config, whose ResNet every family shares): trained once, then reused with its
+    measurements (iterations, seconds, held-out accuracy)."""
+    from mask_rcnn_ext.pretrain import pretrain
+
+    weights = _pretrained_path(args)
+    record = weights.with_suffix(".json")
+    if weights.is_file() and record.is_file():
+        return json.loads(record.read_text())
+    cfg = load_config(str(ROOT / FAMILIES["FPN"].synthetic_config))
+    print(f"[ablation] pretraining the ResNet: {cfg.PRETRAIN.ITERATIONS} iterations -> "
+          f"{weights}", flush=True)
+    measured = pretrain(cfg, cfg.PRETRAIN.ITERATIONS, str(weights))
+    record.write_text(json.dumps(measured, indent=2) + "\n")
+    return measured
 
 
 def run(variant: str, seed: int, args) -> dict:
@@ -296,8 +328,7 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int,
-                        help="per run (default: 300 synthetic; the configs' own on COCO)")
+    parser.add_argument("--iterations", type=int, help="per run (default: the configs' own)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--coco", action="store_true", help="the COCO configs instead")
@@ -305,24 +336,29 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "ablation")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    pretraining = None if args.coco else pretrained_backbone(args)
     results = {variant: [run(variant, seed, args) for seed in args.seeds]
                for variant in args.variants}
     summary = summarise(results)
-    data = "COCO (R-50 configs)" if args.coco else "the synthetic set (configs/Synthetic)"
-    schedule = f"{args.iterations} iterations" if args.iterations else (
-        "each config's schedule" if args.coco else "300 iterations")
+    data = "COCO (R-50 configs)" if args.coco else "the synthetic set synthetic_small"
+    schedule = f"{args.iterations} iterations" if args.iterations else "each config's schedule"
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "ablation.json").write_text(json.dumps({
         "environment": environment(), "data": data, "schedule": schedule, "seeds": args.seeds,
-        "results": results, "summary": summary}, indent=2) + "\n")
+        "pretraining": pretraining, "results": results, "summary": summary}, indent=2) + "\n")
     command = shlex.join(["python", "-m", "benchmarks.ablation",
                           *(sys.argv[1:] if argv is None else argv)])
     hours = sum(r["seconds"] for runs in results.values() for r in runs) / 3600
+    start = ("From ImageNet weights." if pretraining is None else
+             f"All runs start from one ResNet-18 pretrained on the set's object crops "
+             f"(`mask_rcnn_ext.pretrain`): {pretraining['iterations']} iterations in "
+             f"{pretraining['seconds'] / 60:.1f} min, held-out accuracy "
+             f"{pretraining['held_out_accuracy']:.3f}.")
     lines = report(summary, [
         f"# Ablation on {data}", "",
-        f"`{command}`: {schedule} per run, seeds {args.seeds} ({hours:.1f} h of runs). Each "
-        "metric: mean ± 95% interval over seeds; 'last 20%': the mean change of mask AP over the "
-        f"last 20% of the schedule (converged: under {CONVERGED:g} point).", "",
+        f"`{command}`: {schedule} per run, seeds {args.seeds} ({hours:.1f} h of runs). {start} "
+        "Each metric: mean ± 95% interval over seeds; 'last 20%': the mean change of mask AP over "
+        f"the last 20% of the schedule (converged: under {CONVERGED:g} point).", "",
         "![mask and boundary AP per variant](ablation.png)", ""])
     lines += ["", "On COCO with GPUs: `python -m benchmarks.ablation --coco --num-gpus 8 "
               "--output output/coco_ablation --results benchmarks/results/coco`.", ""]

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Write the synthetic data set (``mask_rcnn_ext.data.synthetic``) where ``synthetic_train`` and
-``synthetic_val`` are read: ``$DETECTRON2_DATASETS/synthetic``, default ``datasets/synthetic``
-(relative to the working directory, as Detectron2's builtin data sets).
+"""Write a synthetic data set (``mask_rcnn_ext.data.synthetic``) where ``<set>_train`` and
+``<set>_val`` are read: ``$DETECTRON2_DATASETS/<set>``, default ``datasets/<set>`` (relative to
+the working directory, as Detectron2's builtin data sets).
 
-Usage: python datasets/prepare_synthetic.py [--root DIR] [--train 600] [--val 100] [--seed 0]
+Usage: python datasets/prepare_synthetic.py [--set synthetic|synthetic_small] [--root DIR]
+[--train N] [--val N] [--seed 0]
 """
 
 from mask_rcnn_ext.data.synthetic import main

@@ -69,6 +69,15 @@ def add_mask_rcnn_ext_config(cfg: CN) -> CN:
     # DILATION_RATIO x the image diagonal of the mask's edge (the paper's 0.02).
     cfg.TEST.BOUNDARY_AP = False
     cfg.TEST.BOUNDARY_DILATION_RATIO = 0.02
+
+    # Backbone pretraining by classifying the training set's object crops, where ImageNet weights
+    # cannot be had (python -m mask_rcnn_ext.pretrain, which writes MODEL.WEIGHTS by default):
+    # its iterations of 64 crops, and its SGD's peak learning rate and linear warm-up (then a
+    # cosine decay); the detector's SOLVER keys are not used.
+    cfg.PRETRAIN = CN()
+    cfg.PRETRAIN.ITERATIONS = 600
+    cfg.PRETRAIN.BASE_LR = 0.02
+    cfg.PRETRAIN.WARMUP_ITERS = 20
     return cfg
 
 

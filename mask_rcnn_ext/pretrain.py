@@ -9,9 +9,11 @@ no RoI pooling, so the features favour none of the pooler types that the accurac
 
 The result is an ImageNet-style ResNet checkpoint (keys ``stem.*``, ``res2.*`` ... ``res5.*``,
 loaded by Detectron2's name matching) that ``MODEL.WEIGHTS`` loads into any model of that ResNet:
-an FPN backbone, a C4 backbone and its res5 head, or a C5 backbone. Usage::
+an FPN backbone, a C4 backbone and its res5 head, or a C5 backbone. Its length and learning rate
+are the config's ``PRETRAIN`` keys. Usage (``--output`` defaults to the config's ``MODEL.WEIGHTS``,
+the file the config's detector starts from; ``--iterations`` to ``PRETRAIN.ITERATIONS``)::
 
-    python -m mask_rcnn_ext.pretrain --config-file CONFIG --iterations 600 --output OUT.pth
+    python -m mask_rcnn_ext.pretrain --config-file CONFIG [--iterations N] [--output OUT.pth]
 """
 
 from __future__ import annotations
@@ -100,9 +102,10 @@ class CropClassifier(nn.Module):
 def pretrain(cfg, iterations: int, output: str, *, crop_side: int = 64, batch: int = 64,
              held_out: float = 0.1) -> dict:
     """Train :class:`CropClassifier` on ``cfg``'s training objects for ``iterations`` of
-    ``batch`` crops (random horizontal flips; SGD with momentum 0.9, ``SOLVER.BASE_LR`` with a
-    short warm-up and cosine decay, ``SOLVER.WEIGHT_DECAY``), and write the ResNet's weights to
-    ``output``. Returns what it measured, including the accuracy on ``held_out`` of the crops."""
+    ``batch`` crops (random horizontal flips; SGD with momentum 0.9, ``PRETRAIN.BASE_LR`` after
+    ``PRETRAIN.WARMUP_ITERS`` of linear warm-up, with a cosine decay; ``SOLVER.WEIGHT_DECAY``),
+    and write the ResNet's weights to ``output``. Returns what it measured, including the
+    accuracy on ``held_out`` of the crops."""
     seed = cfg.SEED if cfg.SEED >= 0 else 0
     dataset = training_dataset_dicts(cfg.DATASETS.TRAIN, description=f"DATASETS.TRAIN "
                                      f"{tuple(cfg.DATASETS.TRAIN)}")
@@ -111,14 +114,15 @@ def pretrain(cfg, iterations: int, output: str, *, crop_side: int = 64, batch: i
     test, train = order[:int(held_out * len(order))], order[int(held_out * len(order)):]
     torch.manual_seed(seed)
     model = CropClassifier(cfg)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9,
+    base_lr = cfg.PRETRAIN.BASE_LR
+    optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9,
                                 weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-    warmup = max(1, min(cfg.SOLVER.WARMUP_ITERS, iterations // 10))
+    warmup = max(1, min(cfg.PRETRAIN.WARMUP_ITERS, iterations // 10))
     start = time.perf_counter()
     model.train()
     for iteration in range(iterations):
         for group in optimizer.param_groups:
-            group["lr"] = (cfg.SOLVER.BASE_LR * min(1.0, (iteration + 1) / warmup)
+            group["lr"] = (base_lr * min(1.0, (iteration + 1) / warmup)
                            * 0.5 * (1 + math.cos(math.pi * iteration / iterations)))
         chosen = train[torch.randint(len(train), (batch,))]
         x = crops[chosen]
@@ -127,7 +131,7 @@ def pretrain(cfg, iterations: int, output: str, *, crop_side: int = 64, batch: i
         loss = F.cross_entropy(model(x), categories[chosen])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining diverged at iteration {iteration}: loss "
-                                     f"{loss.item()}; lower SOLVER.BASE_LR")
+                                     f"{loss.item()}; lower PRETRAIN.BASE_LR")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -151,17 +155,23 @@ def pretrain(cfg, iterations: int, output: str, *, crop_side: int = 64, batch: i
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--iterations", type=int, required=True)
-    parser.add_argument("--output", required=True, help="the checkpoint to write (.pth)")
+    parser.add_argument("--iterations", type=int,
+                        help="of 64 crops (default: the config's PRETRAIN.ITERATIONS)")
+    parser.add_argument("--output", help="the checkpoint to write (.pth; default: the config's "
+                                         "MODEL.WEIGHTS)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     setup_logger()  # Detectron2's own messages (the data set's loading)
     setup_logger(name=logger.name)
     cfg = load_config(args.config_file, args.opts)
+    output = args.output or cfg.MODEL.WEIGHTS
+    if not output or "://" in output:
+        raise ValueError(f"no file to write: give --output, or a local path in MODEL.WEIGHTS of "
+                         f"{args.config_file} (it is {cfg.MODEL.WEIGHTS!r})")
     for name, json_file, image_root in cfg.DATASETS.COCO_FORMAT:
         register_coco_format(name, json_file, image_root)
-    measured = pretrain(cfg, args.iterations, args.output)
-    logger.info("wrote %s: %d iterations in %.0f s; held-out accuracy %.3f", args.output,
+    measured = pretrain(cfg, args.iterations or cfg.PRETRAIN.ITERATIONS, output)
+    logger.info("wrote %s: %d iterations in %.0f s; held-out accuracy %.3f", output,
                 measured["iterations"], measured["seconds"], measured["held_out_accuracy"])
     return measured
 

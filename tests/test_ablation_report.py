@@ -12,9 +12,12 @@ from detectron2.modeling import build_model
 
 from benchmarks.ablation import (
     CLAIMS,
+    FAMILIES,
     METRICS,
+    ROOT,
     VARIANTS,
     _evaluations,
+    _pretrained_path,
     _settings,
     paired_difference,
     plot,
@@ -100,10 +103,12 @@ def test_every_claim_compares_variants_of_one_family():
 def test_every_variant_builds_what_it_says(variant, coco, tmp_path):
     """Its config and overrides (and the schedule) load, and the model has the variant's pooler
     type in every branch; built on the meta device (the structure is what is checked)."""
-    args = argparse.Namespace(coco=coco, iterations=None if coco else 100)
+    args = argparse.Namespace(coco=coco, iterations=None, output=tmp_path / "study")
     config, overrides = _settings(variant, 0, args, tmp_path)
     cfg = load_config(config, overrides)
     assert Path(cfg.OUTPUT_DIR) == tmp_path and cfg.SEED == 0
+    if not coco:  # every synthetic run starts from the study's one pretrained ResNet
+        assert Path(cfg.MODEL.WEIGHTS) == _pretrained_path(args)
     cfg.MODEL.DEVICE = "meta"
     with torch.device("meta"):
         model = build_model(cfg)
@@ -120,5 +125,13 @@ def test_every_variant_builds_what_it_says(variant, coco, tmp_path):
             assert getattr(level, attribute, None) == getattr(reference, attribute, None)
     # Evaluated at 80% and at the end: the convergence check needs both.
     assert cfg.TEST.EVAL_PERIOD == int(0.8 * cfg.SOLVER.MAX_ITER)
-    if not coco:
-        assert cfg.SOLVER.MAX_ITER == 100
+
+
+def test_iterations_replace_the_schedule_keeping_its_shape(tmp_path):
+    args = argparse.Namespace(coco=False, iterations=100, output=tmp_path)
+    cfg = load_config(*_settings("RoIPool", 1, args, tmp_path))
+    own = load_config(str(ROOT / FAMILIES["FPN"].synthetic_config))
+    assert cfg.SOLVER.MAX_ITER == 100 and cfg.TEST.EVAL_PERIOD == 80
+    # The LR drops where the configs put them: the last 20% runs at a low rate.
+    assert [step / 100 for step in cfg.SOLVER.STEPS] == pytest.approx(
+        [step / own.SOLVER.MAX_ITER for step in own.SOLVER.STEPS], abs=0.005)

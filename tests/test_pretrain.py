@@ -27,7 +27,7 @@ def test_object_crops_on_a_hand_built_case(tmp_path):
 def _cfg(tiny_coco_dataset, **changes):
     cfg = small_mask_rcnn_cfg(tiny_coco_dataset, depth=18)
     cfg.SOLVER.IMS_PER_BATCH = 2
-    cfg.SOLVER.BASE_LR = 0.01
+    cfg.PRETRAIN.BASE_LR = 0.01
     for key, value in changes.items():
         cfg.merge_from_list([key, value])
     return cfg

@@ -83,6 +83,25 @@ def test_builtin_names_read_the_generated_files(synthetic_root, monkeypatch):
         register_synthetic()  # back to $DETECTRON2_DATASETS
 
 
+def test_the_small_set_has_its_own_size_and_builtin_names(tmp_path):
+    """--set synthetic_small: images of its size under <root>/synthetic_small, read by
+    synthetic_small_{train,val}; the default set's names stay apart."""
+    spec = synthetic.SETS["synthetic_small"]
+    synthetic.main(["--set", "synthetic_small", "--root", str(tmp_path / "synthetic_small"),
+                    "--train", "3", "--val", "2"])
+    register_synthetic(tmp_path)
+    try:
+        dicts = DatasetCatalog.get("synthetic_small_val")
+        assert len(dicts) == 2
+        for record in dicts:
+            assert (record["height"], record["width"]) == spec.image_size
+            assert Image.open(record["file_name"]).size == spec.image_size[::-1]
+        with pytest.raises(FileNotFoundError, match=r"--set synthetic\b"):
+            DatasetCatalog.get("synthetic_val")
+    finally:
+        register_synthetic()
+
+
 def test_missing_files_are_named(tmp_path):
     register_synthetic(tmp_path)
     try:

@@ -15,9 +15,10 @@ from PIL import Image
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml"
-# The segm AP that `make demo` reaches is stated in the README; the slow test checks it with this
-# margin for run-to-run variation.
-DEMO_MASK_AP_FLOOR = 12.0
+DEMO_CONFIG = ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_small_cpu.yaml"
+# The segm AP that `make demo` reaches is stated in the README; the slow test checks the issue's
+# target for it, mask AP 35.
+DEMO_MASK_AP_FLOOR = 35.0
 
 
 def _run(args, datasets, timeout=900):
@@ -206,8 +207,12 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path):
 
 @pytest.mark.slow
 def test_demo_reaches_its_documented_mask_ap(tmp_path):
+    """`make demo`'s steps: the 128 x 160 set, the ResNet pretrained on its crops, the detector."""
     datasets = tmp_path / "datasets"
-    _run(["datasets/prepare_synthetic.py", "--root", str(datasets / "synthetic")], datasets)
-    log = _run(["train_net.py", "--config-file", str(CONFIG), "OUTPUT_DIR", str(tmp_path / "out")],
-               datasets, timeout=3600)
+    _run(["datasets/prepare_synthetic.py", "--set", "synthetic_small"], datasets)
+    pretrained = tmp_path / "pretrained.pth"
+    _run(["-m", "mask_rcnn_ext.pretrain", "--config-file", str(DEMO_CONFIG), "--output",
+          str(pretrained)], datasets, timeout=3600)
+    log = _run(["train_net.py", "--config-file", str(DEMO_CONFIG), "MODEL.WEIGHTS", str(pretrained),
+                "OUTPUT_DIR", str(tmp_path / "out")], datasets, timeout=3600)
     assert _copypaste_ap(log, "segm") >= DEMO_MASK_AP_FLOOR

@@ -1,9 +1,10 @@
-"""The embedded synthetic data set, registered as ``synthetic_train`` and ``synthetic_val``, and
-the registration of COCO-format sets.
+"""The embedded synthetic data sets, registered as ``<set>_train`` and ``<set>_val`` for each set
+of :data:`~mask_rcnn_ext.data.synthetic.SETS` (``synthetic``, ``synthetic_small``), and the
+registration of COCO-format sets.
 
-The synthetic files live under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``,
-as Detectron2's builtin COCO names; :func:`datasets_root`, read when a set is loaded), written
-there by ``python -m mask_rcnn_ext.data.synthetic`` and ``datasets/prepare_synthetic.py``.
+A synthetic set's files live under ``$DETECTRON2_DATASETS/<set>`` (default ``datasets/<set>``, as
+Detectron2's builtin COCO names; :func:`datasets_root`, read when a set is loaded), written there
+by ``python -m mask_rcnn_ext.data.synthetic --set <set>`` and ``datasets/prepare_synthetic.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .synthetic import CATEGORIES
+from .synthetic import CATEGORIES, SETS
 
 __all__ = ["datasets_root", "register_coco_format", "register_synthetic"]
 
@@ -45,14 +46,15 @@ def datasets_root() -> Path:
     return Path(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def _synthetic_paths(root: Path | None, split: str) -> tuple[Path, Path]:
-    """The JSON file and image folder of a split under ``root``, default :func:`datasets_root`."""
-    folder = (root if root is not None else datasets_root()) / "synthetic"
+def _synthetic_paths(root: Path | None, synthetic_set: str, split: str) -> tuple[Path, Path]:
+    """The JSON file and image folder of a set's split under ``root``, default
+    :func:`datasets_root`."""
+    folder = (root if root is not None else datasets_root()) / synthetic_set
     return folder / "annotations" / f"instances_{split}.json", folder / split
 
 
-def _load_synthetic(name: str, split: str, root: Path | None) -> list[dict]:
-    json_file, image_root = _synthetic_paths(root, split)
+def _load_synthetic(name: str, synthetic_set: str, split: str, root: Path | None) -> list[dict]:
+    json_file, image_root = _synthetic_paths(root, synthetic_set, split)
     metadata = MetadataCatalog.get(name)
     if metadata.get("json_file") != str(json_file):  # DETECTRON2_DATASETS changed since
         MetadataCatalog.remove(name)
@@ -60,9 +62,9 @@ def _load_synthetic(name: str, split: str, root: Path | None) -> list[dict]:
     if not json_file.is_file():
         raise FileNotFoundError(
             f"data set {name!r}: {json_file} does not exist. Generate the synthetic set with "
-            "`python -m mask_rcnn_ext.data.synthetic` (or `python datasets/prepare_synthetic.py`, "
-            "`make demo`), or point "
-            "DETECTRON2_DATASETS at the folder that holds synthetic/."
+            f"`python -m mask_rcnn_ext.data.synthetic --set {synthetic_set}` (or `python "
+            f"datasets/prepare_synthetic.py --set {synthetic_set}`, `make demo`), or point "
+            f"DETECTRON2_DATASETS at the folder that holds {synthetic_set}/."
         )
     return _load_coco_json(name, json_file, image_root)
 
@@ -85,14 +87,16 @@ def _register(name: str, loader) -> None:
 
 
 def register_synthetic(root: str | os.PathLike | None = None) -> None:
-    """Register ``synthetic_{train,val}`` under ``root``; by default under
+    """Register ``<set>_{train,val}`` of every synthetic set under ``root``; by default under
     :func:`datasets_root`, resolved each time a set is loaded (so ``DETECTRON2_DATASETS`` may be
     set after ``import mask_rcnn_ext``). Their class names are in the metadata from now on."""
     fixed_root = Path(root) if root is not None else None
-    for split in SPLITS:
-        name = f"synthetic_{split}"
-        _register(name, lambda n=name, s=split: _load_synthetic(n, s, fixed_root))
-        _set_synthetic_metadata(name, *_synthetic_paths(fixed_root, split))
+    for synthetic_set in SETS:
+        for split in SPLITS:
+            name = f"{synthetic_set}_{split}"
+            _register(name, lambda n=name, d=synthetic_set, s=split: _load_synthetic(
+                n, d, s, fixed_root))
+            _set_synthetic_metadata(name, *_synthetic_paths(fixed_root, synthetic_set, split))
 
 
 def register_coco_format(name: str, json_file: str, image_root: str) -> None:

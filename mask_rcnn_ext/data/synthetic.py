@@ -1,7 +1,8 @@
 """Synthetic data: mask_rcnn_ext's embedded COCO-format instance-segmentation set, and random
 evaluation problems (ground truth and Mask R-CNN-style detections) for tests and benchmarks.
 
-The data set: ``python -m mask_rcnn_ext.data.synthetic`` (or ``datasets/prepare_synthetic.py``).
+The data sets: ``python -m mask_rcnn_ext.data.synthetic`` (or ``datasets/prepare_synthetic.py``),
+``--set synthetic`` (default) or ``--set synthetic_small`` (:data:`SETS`).
 
 Images of textured backgrounds with objects of four categories, two convex (square, disc) and two
 non-convex (star, L-shape), from small (under 32 x 32 px) to large, rotated, overlapping.
@@ -10,14 +11,14 @@ minus everything painted above it (computed with shapely), so masks are exact po
 placement that would leave an object with a hole (COCO polygons cannot express one) or less than a
 quarter visible is drawn again. The same seed gives the same files.
 
-Layout (the builtin names ``synthetic_train`` and ``synthetic_val`` read it, under
+Layout (the builtin names ``<set>_train`` and ``<set>_val`` read it, under
 ``$DETECTRON2_DATASETS``, default ``datasets/``)::
 
-    synthetic/train/000000.png ...     synthetic/annotations/instances_train.json
-    synthetic/val/000000.png ...       synthetic/annotations/instances_val.json
+    <set>/train/000000.png ...     <set>/annotations/instances_train.json
+    <set>/val/000000.png ...       <set>/annotations/instances_val.json
 
-Usage: python -m mask_rcnn_ext.data.synthetic [--root $DETECTRON2_DATASETS/synthetic]
-[--train 600] [--val 100] [--seed 0]
+Usage: python -m mask_rcnn_ext.data.synthetic [--set synthetic] [--root $DETECTRON2_DATASETS/<set>]
+[--train N] [--val N] [--seed 0]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +35,30 @@ from PIL import Image, ImageDraw
 from shapely.affinity import rotate, translate
 from shapely.geometry import MultiPolygon, Polygon
 
-__all__ = ["CATEGORIES", "detections_to_instances", "evaluation_problem", "main", "make_image",
-           "write_split"]
+__all__ = ["CATEGORIES", "SETS", "SyntheticSet", "detections_to_instances", "evaluation_problem",
+           "main", "make_image", "write_split"]
 
 CATEGORIES = ("square", "disc", "star", "l_shape")
-IMAGE_SIZE = (256, 320)  # height, width
 MIN_VISIBLE_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A builtin synthetic set: its generator's parameters and its default number of images."""
+
+    image_size: tuple[int, int]  # height, width (px)
+    object_sizes: tuple[float, float]  # smallest and largest object across (px), log-uniform
+    train: int
+    val: int
+
+
+SETS = {
+    # Objects from small to large in COCO's terms (under 32 px, over 96 px across).
+    "synthetic": SyntheticSet((256, 320), (14.0, 150.0), train=600, val=100),
+    # A quarter of the pixels, for runs that converge in minutes on 2 CPU cores: the accuracy
+    # study's set (benchmarks/ablation.py) and `make demo`'s.
+    "synthetic_small": SyntheticSet((128, 160), (16.0, 96.0), train=800, val=200),
+}
 
 
 def _shape(category: str) -> Polygon:
@@ -58,9 +78,10 @@ def _shape(category: str) -> Polygon:
     raise ValueError(f"unknown category {category!r}")
 
 
-def _place(category: str, rng: np.random.Generator) -> Polygon:
-    height, width = IMAGE_SIZE
-    size = math.exp(rng.uniform(math.log(14), math.log(150)))  # small to large (COCO: 32, 96)
+def _place(category: str, rng: np.random.Generator, spec: SyntheticSet) -> Polygon:
+    height, width = spec.image_size
+    smallest, largest = spec.object_sizes
+    size = math.exp(rng.uniform(math.log(smallest), math.log(largest)))
     aspect = math.exp(rng.uniform(-0.4, 0.4)) if category in ("square", "disc") else 1.0
     shape = shapely.affinity.scale(_shape(category), size * aspect, size / aspect, origin=(0, 0))
     shape = rotate(shape, rng.uniform(0, 360), origin=(0, 0))
@@ -91,8 +112,8 @@ def _acceptable(shapes: list[Polygon]) -> bool:
     return True
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-    height, width = IMAGE_SIZE
+def _background(rng: np.random.Generator, image_size: tuple[int, int]) -> np.ndarray:
+    height, width = image_size
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = rng.uniform(40, 200, 3)
     gradient = rng.uniform(-0.3, 0.3, (2, 3))
@@ -103,19 +124,21 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    """One image (H, W, 3) uint8 and its annotations (category index, visible polygon parts)."""
+def make_image(rng: np.random.Generator, spec: SyntheticSet = SETS["synthetic"]
+               ) -> tuple[np.ndarray, list[dict]]:
+    """One image of ``spec`` ((H, W, 3) uint8) and its annotations (category index, visible
+    polygon parts)."""
     shapes, categories = [], []
     for _ in range(int(rng.integers(2, 7))):
         for _attempt in range(20):
             category = int(rng.integers(len(CATEGORIES)))
-            candidate = _place(CATEGORIES[category], rng)
+            candidate = _place(CATEGORIES[category], rng, spec)
             if isinstance(candidate, Polygon) and candidate.area > 30 and _acceptable(
                     [*shapes, candidate]):
                 shapes.append(candidate)
                 categories.append(category)
                 break
-    image = Image.fromarray(_background(rng))
+    image = Image.fromarray(_background(rng, spec.image_size))
     draw = ImageDraw.Draw(image)
     for shape in shapes:
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
@@ -125,14 +148,15 @@ def make_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     return np.asarray(image), objects
 
 
-def write_split(root: Path, split: str, count: int, seed: int) -> Path:
-    """Write ``count`` images and their COCO json; returns the json path."""
+def write_split(root: Path, split: str, count: int, seed: int,
+                spec: SyntheticSet = SETS["synthetic"]) -> Path:
+    """Write ``count`` images of ``spec`` and their COCO json; returns the json path."""
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
-        pixels, objects = make_image(rng)
+        pixels, objects = make_image(rng, spec)
         file_name = f"{index:06d}.png"
         Image.fromarray(pixels).save(image_dir / file_name)
         images.append({"id": index + 1, "file_name": file_name, "height": pixels.shape[0],
@@ -267,17 +291,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     from .builtin import datasets_root  # where the builtin names read it (imports Detectron2)
 
-    parser.add_argument("--root", type=Path, default=datasets_root() / "synthetic",
-                        help="folder to write (default: $DETECTRON2_DATASETS/synthetic, else "
-                             "datasets/synthetic, where synthetic_train/val are read)")
-    parser.add_argument("--train", type=int, default=600, help="training images")
-    parser.add_argument("--val", type=int, default=100, help="validation images")
+    parser.add_argument("--set", choices=list(SETS), default="synthetic",
+                        help="which builtin set's images (default: synthetic)")
+    parser.add_argument("--root", type=Path,
+                        help="folder to write (default: $DETECTRON2_DATASETS/<set>, else "
+                             "datasets/<set>, where <set>_train/val are read)")
+    parser.add_argument("--train", type=int, help="training images (default: the set's)")
+    parser.add_argument("--val", type=int, help="validation images (default: the set's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    spec = SETS[args.set]
+    root = args.root if args.root is not None else datasets_root() / args.set
     for split, count in (("train", args.train), ("val", args.val)):
-        path = write_split(args.root, split, count, args.seed)
+        count = getattr(spec, split) if count is None else count
+        path = write_split(root, split, count, args.seed, spec)
         print(f"wrote {count} {split} images and {path}")
-
 
 if __name__ == "__main__":
     main()
