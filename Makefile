@@ -73,7 +73,7 @@ bench: setup
 	$(PY) -m benchmarks.summary
 
 .PHONY: ablation
-# The accuracy study on the 128 x 160 synthetic set (not in CI; about 6.4 hours on 2 CPU cores):
+# The accuracy study on the 128 x 160 synthetic set (not in CI; about 7 hours on 2 CPU cores):
 # FPN, stride-16 and stride-32 variants, 3 seeds each, from one pretrained ResNet; writes
 # benchmarks/results/ablation.{json,md,png}. Reruns reuse finished runs.
 ablation: setup
