@@ -15,22 +15,20 @@ code from the file.
 
 from __future__ import annotations
 
-import fcntl
-import logging
 import os
 import pickle
-import re
-import secrets
 from collections import OrderedDict
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["SafeCheckpointer", "UnsafeCheckpointError", "UnusableWeightsError",
-           "load_pickled_arrays", "remove_interrupted_saves", "write_checkpoint"]
+from .files import atomic_write, remove_interrupted_writes
+
+__all__ = ["CheckpointSaveError", "SafeCheckpointer", "UnsafeCheckpointError",
+           "UnusableWeightsError", "load_pickled_arrays", "remove_interrupted_saves",
+           "write_checkpoint"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -39,6 +37,11 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class UnusableWeightsError(ValueError):
     """Weights to evaluate or predict with that leave model weights unset, or hold NaN or Inf."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (no space left on the device, ...); the folder's earlier
+    checkpoints are as they were."""
 
 
 _OVERRIDE_HINT = ("To use them anyway: train_net.py --eval-only --skip-weight-checks, "
@@ -50,70 +53,36 @@ def _first(names: list[str], count: int = 5) -> str:
                                        if len(names) > count else "")
 
 
-# The temporary file of a save: "." + the target's name + "." + 8 characters. A save killed
-# mid-write (SIGKILL, power loss) leaves one behind; only names of this pattern are ever removed.
-# (Earlier versions named them with tempfile.mkstemp, whose alphabet adds "_".)
-_TEMPORARY_FILE = re.compile(r"^\.(?:.+\.pth|last_checkpoint)\.[a-z0-9_]{8}$")
-
-
-def _write_atomically(path: str, write: Callable[[object], None], mode: str) -> None:
-    folder = os.path.dirname(path) or "."
-    while True:
-        temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}")
-        try:
-            # Mode 0o666 less the umask, as for any file the process creates (mkstemp: 0o600).
-            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(handle, mode) as stream:
-            # Held until the file is renamed: a save in progress is locked, the leftover of a
-            # killed one is not (the kernel releases a dead process's locks).
-            fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-            os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+# Only names of these targets are ever removed from a checkpoint folder as leftovers of killed
+# saves (mask_rcnn_ext.files.remove_interrupted_writes).
+_CHECKPOINT_FILES = r".+\.pth|last_checkpoint"
 
 
 def write_checkpoint(path: str, data: dict) -> None:
     """``torch.save(data)`` to ``path`` (its folder made if missing), atomically: a save that is
     killed leaves the previous file, never a truncated one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _write_atomically(path, lambda stream: torch.save(data, stream), "wb")
+    with atomic_write(path, "wb") as stream:
+        torch.save(data, stream)
 
 
 def remove_interrupted_saves(folder: str) -> list[str]:
     """Remove the temporary files that saves killed mid-write left in ``folder``: only names of
     this module's pattern, and only files no process holds locked (a save in progress does).
     Logs their names and total size; returns their paths."""
-    removed, total = [], 0
-    for name in sorted(os.listdir(folder)):
-        if not _TEMPORARY_FILE.match(name):
-            continue
-        path = os.path.join(folder, name)
-        try:
-            with open(path, "rb") as stream:
-                try:
-                    fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # being written by a running save
-                total += os.fstat(stream.fileno()).st_size
-                os.remove(path)
-        except FileNotFoundError:
-            continue  # renamed by its save meanwhile
-        removed.append(path)
-    if removed:
-        names = ", ".join(map(os.path.basename, removed))
-        logging.getLogger(__name__).warning(
-            f"Removed {len(removed)} temporary file(s) ({total / 2**20:.1f} MiB) left in {folder} "
-            f"by checkpoint saves that were interrupted: {names}")
-    return removed
+    return remove_interrupted_writes(folder, _CHECKPOINT_FILES, "checkpoint saves")
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The operating system's error behind ``error``: torch.save reports a failed write as a
+    RuntimeError of its zip writer ("unexpected pos ..."), with the OSError in its chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 # What a pickled dict of NumPy arrays needs (from NumPy 1 and 2 writers), and nothing else.
@@ -220,12 +189,26 @@ class SafeCheckpointer(DetectionCheckpointer):
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
         self.logger.info(f"Saving checkpoint to {path}")
-        write_checkpoint(path, data)
-        self.tag_last_checkpoint(os.path.basename(path))
+        try:
+            write_checkpoint(path, data)
+            self.tag_last_checkpoint(os.path.basename(path))
+        except (OSError, RuntimeError) as error:
+            cause = _os_error_in(error) or error
+            raise CheckpointSaveError(
+                f"could not save checkpoint {path}: {cause}. The checkpoints saved before it are "
+                f"unchanged. {self.resume_hint()}"
+                + (" once that is fixed." if self.has_checkpoint() else "")) from error
+
+    def resume_hint(self) -> str:
+        """Which checkpoint of the folder a run that stopped now would ``--resume`` from."""
+        if not self.has_checkpoint():
+            return "No checkpoint was saved before it."
+        return (f"The last good checkpoint is {self.get_checkpoint_file()}; `--resume` "
+                "continues from it")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        _write_atomically(path, lambda stream: stream.write(last_filename_basename), "w")
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as stream:
+            stream.write(last_filename_basename)
 
     def _load_file(self, filename: str) -> dict:
         try:

@@ -140,18 +140,13 @@ class Trainer(DefaultTrainer):
             if comm.is_main_process():
                 logging.getLogger(__name__).error(
                     f"Training stopped at iteration {self.iter}: NaN or Inf in the loss or the "
-                    f"weights. {self._resume_hint()}")
+                    f"weights. {self.checkpointer.resume_hint()}"
+                    + (" (a lower SOLVER.BASE_LR or longer SOLVER.WARMUP_ITERS may avoid the "
+                       "divergence)." if self.checkpointer.has_checkpoint() else ""))
             raise
 
     def _run_training(self):
         return super().train()
-
-    def _resume_hint(self) -> str:
-        if not self.checkpointer.has_checkpoint():
-            return "No checkpoint was saved before it."
-        return (f"The last good checkpoint is {self.checkpointer.get_checkpoint_file()}; "
-                "`--resume` continues from it (a lower SOLVER.BASE_LR or longer "
-                "SOLVER.WARMUP_ITERS may avoid the divergence).")
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Detectron2's, and when a resumed run has no iterations left but its

@@ -19,6 +19,9 @@ import itertools
 import json
 import math
 import os
+import re
+from collections.abc import Callable
+from typing import IO
 
 import faster_coco_eval
 import numpy as np
@@ -27,11 +30,11 @@ import torch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.fast_eval_api import COCOeval_opt
 from detectron2.structures import BoxMode, Instances
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 from pycocotools.cocoeval import COCOeval
 
 from .data.annotations import DEGENERATE_KINDS, degenerate_coco_annotations
+from .files import atomic_write, remove_interrupted_writes
 
 __all__ = ["FastCOCOEvaluator", "encode_masks", "instances_to_coco_results"]
 
@@ -100,6 +103,9 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]
     return results
 
 
+# The files an evaluation writes into its output folder (COCOEvaluator's names).
+_RESULT_FILES = ("instances_predictions.pth", "coco_instances_results.json")
+
 # COCO's standard metrics, in the order of COCOeval.stats.
 _AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -127,6 +133,12 @@ class FastCOCOEvaluator(COCOEvaluator):
     def __init__(self, dataset_name: str, *args, boundary_ap: bool = False,
                  boundary_dilation_ratio: float = 0.02, **kwargs):
         super().__init__(dataset_name, *args, **kwargs)
+        # COCOEvaluator writes its files in place when _output_dir is set, so an evaluation killed
+        # while writing leaves a truncated file; this class writes them itself, atomically.
+        self._results_dir, self._output_dir = self._output_dir, None
+        if self._results_dir and os.path.isdir(self._results_dir):
+            remove_interrupted_writes(self._results_dir, "|".join(map(re.escape, _RESULT_FILES)),
+                                      "evaluations")
         self._boundary_ap = boundary_ap
         self._boundary_dilation_ratio = boundary_dilation_ratio
         source = self._metadata.get("json_file", dataset_name)
@@ -156,13 +168,43 @@ class FastCOCOEvaluator(COCOEvaluator):
                 "instances": instances_to_coco_results(instances.to("cpu"), input["image_id"]),
             })
 
+    def _write_result(self, name: str, write: Callable[[IO], None], mode: str) -> None:
+        """``write(stream)`` into the file ``name`` of the output folder (if any), atomically."""
+        if not self._results_dir:
+            return
+        os.makedirs(self._results_dir, exist_ok=True)
+        path = os.path.join(self._results_dir, name)
+        self._logger.info(f"Saving results to {path}")
+        with atomic_write(path, mode) as stream:
+            write(stream)
+
+    def _write_predictions(self, predictions: list[dict]) -> None:
+        """What COCOEvaluator.evaluate writes first, whatever the predictions are."""
+        self._write_result("instances_predictions.pth",
+                           lambda stream: torch.save(predictions, stream), "wb")
+
+    def _eval_box_proposals(self, predictions):
+        self._write_predictions(predictions)
+        # RPN-only models are Detectron2's business: its code writes box_proposals.pkl.
+        self._output_dir = self._results_dir
+        try:
+            super()._eval_box_proposals(predictions)
+        finally:
+            self._output_dir = None
+
     def _eval_predictions(self, predictions, img_ids=None):
+        self._write_predictions(predictions)
         results = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
         tasks = self._tasks or self._tasks_from_predictions(results)
         max_detections = self._max_dets_per_image or [1, 10, 100]
         if "keypoints" in tasks or max_detections[-1] != 100:
-            # Detectron2's own evaluation handles keypoints and other detection limits.
-            return super()._eval_predictions(predictions, img_ids)
+            # Detectron2's own evaluation handles keypoints and other detection limits; it maps
+            # the results' class ids to the data set's in place, and (without _output_dir)
+            # writes nothing.
+            super()._eval_predictions(predictions, img_ids)
+            self._write_result("coco_instances_results.json",
+                               lambda stream: json.dump(results, stream), "w")
+            return
         to_dataset_id = getattr(self._metadata, "thing_dataset_id_to_contiguous_id", None)
         if to_dataset_id is not None:
             from_contiguous = {contiguous: dataset for dataset, contiguous in to_dataset_id.items()}
@@ -171,11 +213,8 @@ class FastCOCOEvaluator(COCOEvaluator):
                     raise ValueError(f"a prediction has class {result['category_id']}, but "
                                      f"{self._metadata.name} has {len(from_contiguous)} classes")
                 result["category_id"] = from_contiguous[result["category_id"]]
-        if self._output_dir:
-            path = os.path.join(self._output_dir, "coco_instances_results.json")
-            self._logger.info(f"Saving results to {path}")
-            with PathManager.open(path, "w") as stream:
-                json.dump(results, stream)
+        self._write_result("coco_instances_results.json",
+                           lambda stream: json.dump(results, stream), "w")
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return

@@ -365,3 +365,35 @@ def test_unusable_weights_are_refused_for_evaluation_and_prediction(tmp_path):
     cfg.MODEL.WEIGHTS = ""
     with pytest.raises(UnusableWeightsError, match="no weights given"):
         Predictor(cfg)
+
+
+_SAVE_ON_A_FULL_DEVICE = """
+import resource, signal, sys
+from torch import nn
+from mask_rcnn_ext.checkpoint import SafeCheckpointer
+
+checkpointer = SafeCheckpointer(nn.Linear(64, 64), sys.argv[1])
+checkpointer.save("model_0000001", iteration=1)
+# The kernel now refuses to grow any file past 8 KiB (EFBIG, as ENOSPC for a full disk): a real
+# failed write, reported through torch.save's zip writer.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
+checkpointer.save("model_0000003", iteration=3)
+"""
+
+
+def test_a_failed_save_names_its_cause_the_file_and_the_checkpoint_to_resume_from(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _SAVE_ON_A_FULL_DEVICE, str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"mask_rcnn_ext.checkpoint.CheckpointSaveError: could not save checkpoint "
+        f"{tmp_path / 'model_0000003.pth'}: [Errno 27] File too large. The checkpoints saved "
+        f"before it are unchanged. The last good checkpoint is {tmp_path / 'model_0000001.pth'}; "
+        "`--resume` continues from it once that is fixed.")
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+    assert torch.load(tmp_path / "model_0000001.pth", weights_only=True)["iteration"] == 1

@@ -101,6 +101,37 @@ def test_ap_equals_pycocotools_and_coco_evaluator(registered_problem, tmp_path, 
     assert ours["segm"]["AP"] > 10 and ours["bbox"]["AP"] > 10
 
 
+class _Death(BaseException):
+    """Stands for the process being killed (not an Exception: nothing may swallow it)."""
+
+
+def test_an_evaluation_killed_while_writing_leaves_the_previous_results(registered_problem,
+                                                                         tmp_path, monkeypatch):
+    name, dataset, detections, _ = registered_problem
+    output = tmp_path / "inference"
+    _run(FastCOCOEvaluator(name, output_dir=str(output)), dataset, detections)
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    assert sorted(before) == ["coco_instances_results.json", "instances_predictions.pth"]
+    real_dump = json.dump
+
+    def dying_dump(data, stream):
+        text = json.dumps(data)
+        stream.write(text[: len(text) // 2])
+        raise _Death
+
+    monkeypatch.setattr(json, "dump", dying_dump)
+    with pytest.raises(_Death):
+        _run(FastCOCOEvaluator(name, output_dir=str(output)), dataset, detections[::2])
+    monkeypatch.setattr(json, "dump", real_dump)
+    # The predictions' file was replaced whole (it was written first); the results file, killed
+    # half-way, is the previous complete one, and no temporary file is left.
+    assert sorted(path.name for path in output.iterdir()) == sorted(before)
+    assert (output / "coco_instances_results.json").read_bytes() == (
+        before["coco_instances_results.json"])
+    assert len(torch.load(output / "instances_predictions.pth", weights_only=False)) == len(
+        dataset["images"])
+
+
 def _inner_band(mask: np.ndarray, width: int) -> np.ndarray:
     """Boundary IoU's band (Cheng et al. 2021): the mask pixels with a pixel outside the mask (or
     outside the image) within ``width`` pixels in x and y."""
