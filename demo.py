@@ -10,6 +10,8 @@ safe weight loading, and Visualizer).
 """
 
 import argparse
+import os
+import re
 from itertools import islice
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from PIL import Image
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.data.images import read_image
 from mask_rcnn_ext.engine import Predictor
+from mask_rcnn_ext.files import atomic_write, remove_interrupted_writes
 
 
 def setup(args):
@@ -50,6 +53,44 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.concatenate([left, gap, right], axis=1)
 
 
+def drawing_paths(inputs: list[str], folder: Path, overwrite: bool) -> list[Path]:
+    """Where the drawing of each input goes: below ``folder``, at the input's place relative to
+    the inputs' common folder, named after the input (``.png`` appended unless it is a PNG), so
+    inputs of the same name in different folders keep apart. Raises ValueError, before anything
+    is written, when a drawing would replace an input or (unless ``overwrite``) an existing
+    file, or two inputs would share one."""
+    resolved = [Path(path).resolve() for path in inputs]
+    first_given: dict[Path, str] = {}
+    for given, path in zip(inputs, resolved, strict=True):
+        if path in first_given:
+            also = f" (also as {first_given[path]})" if first_given[path] != given else ""
+            raise ValueError(f"{given} is given twice{also}")
+        first_given[path] = given
+    root = Path(os.path.commonpath([path.parent for path in resolved]))
+    targets, sources = [], {}
+    for given, path in zip(inputs, resolved, strict=True):
+        relative = path.relative_to(root)
+        name = relative.name if relative.suffix.lower() == ".png" else f"{relative.name}.png"
+        target = folder / relative.parent / name
+        if target.resolve() in sources:
+            raise ValueError(f"{sources[target.resolve()]} and {given} would both be drawn to "
+                             f"{target}")
+        sources[target.resolve()] = given
+        targets.append(target)
+    replaced = [(sources[target.resolve()], target) for target in targets
+                if target.resolve() in first_given]
+    if replaced:
+        raise ValueError(f"the drawing of {replaced[0][0]} would replace the input "
+                         f"{replaced[0][1]}: give --output a folder that holds no input")
+    existing = [str(target) for target in targets if target.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise ValueError(f"{len(existing)} drawing(s) would replace existing files "
+                         f"({', '.join(existing[:3])}{more}): give --overwrite to replace them, "
+                         "or another --output")
+    return targets
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
@@ -61,7 +102,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--show-gt", action="store_true",
                         help="with --dataset: each picture is the ground truth (with class "
                              "names), then the predictions")
-    parser.add_argument("--output", required=True, type=Path, help="folder for the PNGs")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder for the PNGs: the inputs' layout below their common folder, "
+                             "each named after its input (.png appended unless it is a PNG)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace drawings that exist already (inputs are never replaced)")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
@@ -75,15 +120,22 @@ def main(argv=None):
     if args.num_images < 1:
         parser.error(f"--num-images must be a positive integer, got {args.num_images}")
     cfg = setup(args)
-    predictor = Predictor(cfg)
     if args.dataset:
         records = list(islice(DatasetCatalog.get(args.dataset), args.num_images))
         metadata = MetadataCatalog.get(args.dataset)  # loading the set filled in its classes
     else:
         records = [{"file_name": path} for path in args.input]
         metadata = metadata_for(cfg)
-    args.output.mkdir(parents=True, exist_ok=True)
-    for record in records:
+    try:
+        targets = drawing_paths([r["file_name"] for r in records], args.output, args.overwrite)
+    except ValueError as error:
+        parser.error(str(error))
+    for folder in {target.parent for target in targets}:
+        folder.mkdir(parents=True, exist_ok=True)
+        names = "|".join(re.escape(t.name) for t in targets if t.parent == folder)
+        remove_interrupted_writes(folder, names, "earlier demo.py drawings")
+    predictor = Predictor(cfg)
+    for record, target in zip(records, targets, strict=True):
         path = record["file_name"]
         image = read_image(path, "BGR")
         instances = predictor(image)["instances"].to("cpu")
@@ -92,8 +144,8 @@ def main(argv=None):
         if args.show_gt:
             truth = Visualizer(rgb, metadata).draw_dataset_dict(record).get_image()
             drawn = side_by_side(truth, drawn)
-        target = args.output / (Path(path).stem + ".png")
-        Image.fromarray(drawn).save(target)
+        with atomic_write(target, "wb") as stream:
+            Image.fromarray(drawn).save(stream, format="PNG")
         counted = (f", {len(record.get('annotations', []))} in the ground truth" if args.show_gt
                    else "")
         print(f"{path}: {len(instances)} instances{counted} -> {target}")

@@ -41,6 +41,7 @@ from detectron2.utils import comm
 
 from .checkpoint import SafeCheckpointer
 from .data.build import build_checked_train_loader, training_dataset_dicts
+from .data.images import model_image
 from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
 from .modeling.speedups import apply_speedups, speed_up
@@ -325,6 +326,11 @@ class Predictor(DefaultPredictor):
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
 
+    def __call__(self, original_image: np.ndarray) -> dict:
+        """DefaultPredictor's, for an image that :func:`~mask_rcnn_ext.data.images.model_image`
+        accepts (a grayscale one converted); anything else is a ValueError saying why."""
+        return super().__call__(model_image(original_image, self.input_format))
+
 
 class BatchPredictor(Predictor):
     """:class:`Predictor` for many images: ``predictor([image, ...])`` -> their outputs, in order
@@ -344,6 +350,11 @@ class BatchPredictor(Predictor):
         self.batch_size = batch_size
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[dict]:
+        if isinstance(images, np.ndarray):  # its rows would be taken for images
+            raise ValueError(f"BatchPredictor takes a list of images, got one array of shape "
+                             f"{images.shape}; for one image, pass [image] or use Predictor")
+        images = [model_image(image, self.input_format, f"image {index} of the list")
+                  for index, image in enumerate(images)]
         divisor = max(self.model.backbone.size_divisibility, 1)
         resizes = [self.aug.get_transform(image) for image in images]
         same_size: dict[tuple[int, int], list[int]] = defaultdict(list)

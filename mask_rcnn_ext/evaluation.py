@@ -33,7 +33,11 @@ from detectron2.structures import BoxMode, Instances
 from detectron2.utils.logger import create_small_table
 from pycocotools.cocoeval import COCOeval
 
-from .data.annotations import DEGENERATE_KINDS, degenerate_coco_annotations
+from .data.annotations import (
+    DEGENERATE_KINDS,
+    check_unique_images,
+    degenerate_coco_annotations,
+)
 from .files import atomic_write, remove_interrupted_writes
 
 __all__ = ["FastCOCOEvaluator", "encode_masks", "instances_to_coco_results"]
@@ -122,12 +126,14 @@ class FastCOCOEvaluator(COCOEvaluator):
     (the image border counts as edge). Mask AP is dominated by the object's interior, so it barely
     sees a mask that is a pixel or two off; boundary AP does.
 
-    The ground truth is checked first, by the rule that drops degenerate annotations from
-    training (:func:`~mask_rcnn_ext.data.annotations.degenerate_coco_annotations`): a degenerate
-    annotation is an error naming the file and the annotation ids. It is not dropped, as training
-    does, because evaluation scores the ground truth as given: an object that can never be matched
-    lowers the AP (a box of negative width makes exact predictions score 91 instead of 100), and a
-    2-point polygon crashes pycocotools.
+    The ground truth is checked first, before any inference: an image id or file listed twice
+    (:func:`~mask_rcnn_ext.data.annotations.check_unique_images`) is an error naming the file and
+    the ids, and so is a degenerate annotation, crowd or not, by the rule that drops them from
+    training (:func:`~mask_rcnn_ext.data.annotations.degenerate_coco_annotations`). It is not
+    dropped, as training does, because evaluation scores the ground truth as given: an object that
+    can never be matched lowers the AP (a box of negative width makes exact predictions score 91
+    instead of 100; a polygon outside its box, 92), and a 2-point polygon crashes pycocotools
+    after the whole inference pass.
     """
 
     def __init__(self, dataset_name: str, *args, boundary_ap: bool = False,
@@ -142,6 +148,7 @@ class FastCOCOEvaluator(COCOEvaluator):
         self._boundary_ap = boundary_ap
         self._boundary_dilation_ratio = boundary_dilation_ratio
         source = self._metadata.get("json_file", dataset_name)
+        check_unique_images(self._coco_api.dataset, source)
         if not self._do_evaluation:
             self._logger.warning(f"{source} has no annotations: the predictions are written, "
                                  "and no AP is computed")

@@ -40,36 +40,50 @@ def _annotation(bbox, segmentation=None, iscrowd=0):
 def test_degenerate_annotations_are_dropped_and_counted(caplog):
     good = _annotation([10, 10, 10, 10])
     partly_good = _annotation([10, 10, 10, 10], [[1, 1, 2, 2], SQUARE, [0, 0, NAN, 0, 5, 5]])
-    crowd = _annotation([10, 10, 0, 0], {"size": [64, 64], "counts": "abc"}, iscrowd=1)
+    crowd = _annotation([10, 10, 10, 10], {"size": [64, 64], "counts": "abc"}, iscrowd=1)
     rle = _annotation([10, 10, 10, 10], {"size": [64, 64], "counts": "abc"})
+    # A box that misses the mask's edge by 2 pixels keeps it: 64% of its extent is in the box.
+    loose_box = _annotation([12, 12, 10, 10])
+    far_square = [50, 50, 60, 50, 60, 60, 50, 60]
+    partly_outside = _annotation([10, 10, 10, 10], [SQUARE, far_square])
     degenerate = {
         "non_finite_box": [_annotation([NAN, 10, 5, 5]), _annotation([10, 10, math.inf, 5])],
-        "empty_box": [_annotation([10, 10, 0, 5]), _annotation([10, 10, 5, -5])],
+        "empty_box": [_annotation([10, 10, 0, 5]), _annotation([10, 10, 5, -5]),
+                      _annotation([10, 10, 0, 0], {"size": [64, 64], "counts": "abc"},
+                                  iscrowd=1)],  # crowd annotations are checked too
         "box_outside_image": [_annotation([200, 10, 5, 5]), _annotation([-20, 10, 5, 5])],
         "degenerate_polygons": [
             _annotation([10, 10, 10, 10], [[10, 10, 20, 10]]),                    # 2 points
             _annotation([10, 10, 10, 10], [[10, 10, 15, 10, 20, 10]]),            # collinear
             _annotation([10, 10, 10, 10], [[10, 10, NAN, 10, 20, 20]]),           # NaN
             _annotation([10, 10, 10, 10], [[10, 10, 20, 10, 20]]),                # odd length
+            _annotation([10, 10, 10, 10], [[10, 10, 20, 10]], iscrowd=1),         # crowd
         ],
+        "polygons_outside_box": [_annotation([10, 10, 10, 10], [far_square]),
+                                 _annotation([10, 10, 10, 10], [[14, 10, 40, 10, 40, 30]])],
     }
     records = [
         {"file_name": "a.png", "width": 100, "height": 80,
          "annotations": [good, degenerate["non_finite_box"][0], partly_good, crowd, rle,
-                         *degenerate["empty_box"], *degenerate["box_outside_image"]]},
+                         *degenerate["empty_box"], *degenerate["box_outside_image"],
+                         loose_box, partly_outside]},
         {"file_name": "b.png", "width": 100, "height": 80,
-         "annotations": [degenerate["non_finite_box"][1], *degenerate["degenerate_polygons"]]},
+         "annotations": [degenerate["non_finite_box"][1], *degenerate["degenerate_polygons"],
+                         *degenerate["polygons_outside_box"]]},
     ]
     with caplog.at_level(logging.WARNING):
         kept = drop_degenerate_annotations(records, "my_set")
-    assert kept[0]["annotations"] == [good, partly_good, crowd, rle]
+    assert kept[0]["annotations"] == [good, partly_good, crowd, rle, loose_box, partly_outside]
     assert partly_good["segmentation"] == [SQUARE]
+    assert partly_outside["segmentation"] == [SQUARE] and loose_box["segmentation"] == [SQUARE]
     assert kept[1]["annotations"] == []
-    assert ("Dropped 10 of 14 annotations in my_set: 2 with a box wholly outside its image; "
-            "4 with only degenerate polygons") in caplog.text
-    assert ("2 with a box of zero or negative width or height; 2 with a NaN or Inf box "
-            "coordinate") in caplog.text
+    assert ("Dropped 14 of 20 annotations in my_set: 2 with a box wholly outside its image; "
+            "5 with only degenerate polygons") in caplog.text
+    assert ("3 with a box of zero or negative width or height; 2 with a NaN or Inf box "
+            "coordinate; 2 with only polygons that lie outside its box") in caplog.text
     assert "Dropped 2 degenerate polygons in my_set from annotations that keep other" in caplog.text
+    assert ("Dropped 1 polygons that lie outside their annotation's box in my_set from "
+            "annotations that keep other, usable polygons") in caplog.text
 
 
 @pytest.fixture
@@ -365,3 +379,66 @@ def test_evaluation_without_annotations_warns_naming_the_file(written_set, tmp_p
     finally:
         detectron2_logger.removeHandler(caplog.handler)
     assert f"{json_file} has no annotations: the predictions are written, and no AP" in caplog.text
+
+
+def test_images_listed_twice_are_refused_in_training_and_evaluation(written_set, tmp_path):
+    from mask_rcnn_ext.data.build import training_dataset_dicts
+    from mask_rcnn_ext.evaluation import FastCOCOEvaluator
+
+    data, names = written_set
+    first, second = data["images"]
+    same_id = dict(data, images=[first, {**second, "id": first["id"]}],
+                   annotations=[{**a, "image_id": first["id"]} for a in data["annotations"]])
+    same_file = dict(data, images=[first, {**second, "file_name": first["file_name"]}])
+    names += [f"same_id_{uuid.uuid4().hex[:6]}", f"same_file_{uuid.uuid4().hex[:6]}"]
+    same_id_json = _write_registered(tmp_path, names[0], same_id)
+    same_file_json = _write_registered(tmp_path, names[1], same_file)
+    # What the COCO API makes of the first, silently: one image, holding both images' objects.
+    coco = COCO(str(same_id_json))
+    assert len(coco.imgs) == 1 and len(coco.getAnnIds(imgIds=[first["id"]])) == len(
+        data["annotations"])
+    id_message = (f"{same_id_json}: 1 image id\\(s\\) appear in more than one image entry "
+                  f"\\({first['id']}\\); the COCO API would keep one entry per id")
+    file_message = (f"{same_file_json}: 1 image file\\(s\\) appear in more than one image entry "
+                    f"\\({first['file_name']} \\(ids {first['id']}, {second['id']}\\)\\)")
+    for name, message in ((names[0], id_message), (names[1], file_message)):
+        with pytest.raises(ValueError, match=message):
+            training_dataset_dicts(name)
+        with pytest.raises(ValueError, match=message):
+            FastCOCOEvaluator(name, tasks=("bbox", "segm"))
+
+
+def test_evaluation_refuses_polygons_outside_their_box_and_degenerate_crowds(written_set,
+                                                                            tmp_path):
+    from mask_rcnn_ext.evaluation import FastCOCOEvaluator
+
+    data, names = written_set
+    moved = dict(data, annotations=[dict(a) for a in data["annotations"]])
+    # The first object's outline moved 40 px right of its (in-image) box.
+    outline = moved["annotations"][0]
+    outline["segmentation"] = [[v + 40 * (i % 2 == 0) for i, v in enumerate(polygon)]
+                               for polygon in outline["segmentation"]]
+    names += [f"moved_{uuid.uuid4().hex[:6]}", f"crowd_{uuid.uuid4().hex[:6]}"]
+    moved_json = _write_registered(tmp_path, names[0], moved)
+    with pytest.raises(ValueError, match=f"{moved_json}: 1 ground-truth annotation\\(s\\) cannot "
+                                         f"be evaluated as given \\(id {outline['id']}: only "
+                                         "polygons that lie outside its box\\)"):
+        FastCOCOEvaluator(names[0], tasks=("segm",))
+    # What pycocotools scores instead: predictions equal to the ground truth lose mask AP.
+    exact = [dict(prediction, segmentation=annotation["segmentation"])
+             for prediction, annotation in zip(_exact_predictions(moved), moved["annotations"],
+                                               strict=True)]
+    exact[0]["segmentation"] = data["annotations"][0]["segmentation"]  # the object's true mask
+    assert evaluate(COCOeval, COCO(str(moved_json)), exact, "segm", 1).stats[0] < 0.99
+
+    crowd = dict(data, annotations=[*data["annotations"], {
+        "id": 999, "image_id": data["images"][0]["id"], "category_id": 1, "iscrowd": 1,
+        "bbox": [10, 10, 10, 10], "area": 100.0, "segmentation": [[10, 10, 20, 20]]}])
+    crowd_json = _write_registered(tmp_path, names[1], crowd)
+    with pytest.raises(ValueError, match=f"{crowd_json}: 1 ground-truth annotation\\(s\\) cannot "
+                                         "be evaluated as given \\(id 999: only degenerate"):
+        FastCOCOEvaluator(names[1], tasks=("segm",))
+    # pycocotools fails on it (its message depends on the version), naming neither the file nor
+    # the annotation.
+    with pytest.raises(Exception):  # noqa: B017
+        evaluate(COCOeval, COCO(str(crowd_json)), _exact_predictions(data), "segm", 1)

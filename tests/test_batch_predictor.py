@@ -49,3 +49,46 @@ def test_outputs_equal_one_by_one_prediction(saved_cfg):
 def test_batch_size_must_be_positive(saved_cfg):
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         BatchPredictor(saved_cfg, batch_size=0)
+
+
+_REFUSED = {
+    "None": (None, "is None; expected an \\(H, W, 3\\) uint8 array in BGR order"),
+    "a tensor": (torch.zeros(3, 40, 50, dtype=torch.uint8), "is a torch.Tensor; expected"),
+    "0..1 floats": (np.full((40, 50, 3), 0.5), "has dtype float64: its values lie in 0..1; "
+                                                "scale them to 0..255 first"),
+    "16 bits": (np.full((40, 50, 3), 300, np.uint16), "has dtype uint16: read image files with "
+                                                      "mask_rcnn_ext.data.images.read_image"),
+    "4 channels": (np.zeros((40, 50, 4), np.uint8), "has shape \\(40, 50, 4\\) \\(4 channels: "
+                                                    "drop the alpha channel"),
+    "0 x 0": (np.zeros((0, 0, 3), np.uint8), "is empty \\(0 x 0 pixels\\)"),
+    "channels first": (np.zeros((3, 40, 50), np.uint8), "has shape \\(3, 40, 50\\); expected"),
+}
+
+
+def test_images_the_model_cannot_take_are_refused_saying_what_and_why(saved_cfg):
+    predictor, batched = Predictor(saved_cfg), BatchPredictor(saved_cfg)
+    good = np.zeros((40, 50, 3), np.uint8)
+    for image, message in _REFUSED.values():
+        with pytest.raises(ValueError, match=f"^the image {message}"):
+            predictor(image)
+        with pytest.raises(ValueError, match=f"^image 1 of the list {message}"):
+            batched([good, image])
+
+
+def test_grayscale_images_are_predicted_as_their_three_channel_copies(saved_cfg):
+    from detectron2.engine import DefaultPredictor
+
+    grey = np.random.default_rng(1).integers(0, 255, (60, 80), dtype=np.uint8)
+    colour = np.repeat(grey[:, :, None], 3, axis=2)
+    expected = DefaultPredictor(saved_cfg)(colour)["instances"]
+    assert len(expected) > 0
+    predictor, batched = Predictor(saved_cfg), BatchPredictor(saved_cfg)
+    for got in (predictor(grey)["instances"], predictor(grey[:, :, None])["instances"],
+                batched([grey])[0]["instances"]):
+        torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor,
+                                   rtol=1e-4, atol=1e-3)
+        assert torch.equal(got.pred_classes, expected.pred_classes)
+    # One array where a list is expected: its rows are not taken for images.
+    with pytest.raises(ValueError, match=r"takes a list of images, got one array of shape "
+                                         r"\(60, 80, 3\); for one image, pass \[image\]"):
+        batched(colour)

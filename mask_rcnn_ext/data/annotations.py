@@ -1,10 +1,13 @@
-"""Dropping degenerate instance annotations before training, with a count of each kind in the log.
+"""Dropping degenerate instance annotations before training, with a count of each kind in the log,
+and refusing COCO files whose images are listed twice.
 
 Detectron2 drops some bad annotations itself: ``load_coco_json`` drops polygons with fewer than 3
 points or an odd number of coordinates (with a count), and the training mapper silently drops boxes
 that are empty after resizing. Others reach the losses: a NaN box coordinate becomes a NaN
-regression target, and a polygon of zero area gives an all-background mask target for an object.
-:func:`drop_degenerate_annotations` removes all of these from any data set, whatever loaded it.
+regression target, a polygon of zero area gives an all-background mask target for an object, and
+so does a polygon that lies outside the object's box (the mask target is the mask cropped to the
+box). :func:`drop_degenerate_annotations` removes all of these from any data set, whatever loaded
+it; crowd annotations go through the same rules (pycocotools fails on a 2-point crowd polygon).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from collections import Counter
 import numpy as np
 from detectron2.structures import BoxMode
 
-__all__ = ["DEGENERATE_KINDS", "check_mask_format", "degenerate_coco_annotations",
-           "drop_degenerate_annotations"]
+__all__ = ["DEGENERATE_KINDS", "MIN_POLYGON_EXTENT_IN_BOX", "check_mask_format",
+           "check_unique_images", "degenerate_coco_annotations", "drop_degenerate_annotations"]
 
 # Why an annotation is dropped, as the log says it.
 DEGENERATE_KINDS = {
@@ -25,8 +28,15 @@ DEGENERATE_KINDS = {
     "empty_box": "a box of zero or negative width or height",
     "box_outside_image": "a box wholly outside its image",
     "degenerate_polygons": "only degenerate polygons (< 3 points, NaN or Inf, or zero area)",
-    "some_degenerate_polygons": "degenerate polygons beside usable ones",
+    "polygons_outside_box": "only polygons that lie outside its box",
+    "some_degenerate_polygons": "degenerate polygons, or polygons outside its box, beside "
+                                "usable ones",
 }
+
+# A polygon lies outside its annotation's box when less than this fraction of its extent (the
+# area of its bounding box) is inside the box. Lenient: boxes that miss a mask's edge by a few
+# pixels, as hand-drawn or rounded boxes do, keep their polygons.
+MIN_POLYGON_EXTENT_IN_BOX = 0.5
 
 
 def _polygon_area(coordinates: np.ndarray) -> float:
@@ -35,20 +45,36 @@ def _polygon_area(coordinates: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _is_usable_polygon(polygon) -> bool:
+def _polygon_problem(polygon, box: np.ndarray) -> str | None:
+    """Why ``polygon`` ([x0, y0, x1, y1, ...] pixels) cannot outline the object of ``box``
+    (XYXY pixels): "degenerate" (< 3 points, an odd number of coordinates, NaN or Inf, zero
+    area) or "outside_box" (see MIN_POLYGON_EXTENT_IN_BOX); None if it can."""
     coordinates = np.asarray(polygon, dtype=np.float64)
-    return (coordinates.size >= 6 and coordinates.size % 2 == 0
-            and bool(np.isfinite(coordinates).all()) and _polygon_area(coordinates) > 0)
+    if not (coordinates.size >= 6 and coordinates.size % 2 == 0
+            and bool(np.isfinite(coordinates).all()) and _polygon_area(coordinates) > 0):
+        return "degenerate"
+    x, y = coordinates[0::2], coordinates[1::2]
+    extent = (x.max() - x.min()) * (y.max() - y.min())
+    inside = (max(0.0, min(x.max(), box[2]) - max(x.min(), box[0]))
+              * max(0.0, min(y.max(), box[3]) - max(y.min(), box[1])))
+    return "outside_box" if inside < MIN_POLYGON_EXTENT_IN_BOX * extent else None
 
 
-def _degenerate_kind(annotation: dict, width: float | None, height: float | None) -> str | None:
-    """Which of DEGENERATE_KINDS makes ``annotation`` unusable, or None if it is usable."""
+def _xyxy_box(annotation: dict) -> np.ndarray | None:
+    """The annotation's box as XYXY float64, or None if it is missing or not 4 numbers."""
     try:
         box = np.asarray(BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"],
                                          BoxMode.XYXY_ABS), dtype=np.float64)
     except (KeyError, TypeError, ValueError, AssertionError):  # BoxMode asserts 4 numbers
-        return "malformed_box"
-    if box.shape != (4,):
+        return None
+    return box if box.shape == (4,) else None
+
+
+def _degenerate_kind(annotation: dict, width: float | None, height: float | None) -> str | None:
+    """Which of DEGENERATE_KINDS makes ``annotation`` unusable, or None if it is usable (some of
+    its polygons may still be unusable: see :func:`_polygon_problem`)."""
+    box = _xyxy_box(annotation)
+    if box is None:
         return "malformed_box"
     if not np.isfinite(box).all():
         return "non_finite_box"
@@ -58,26 +84,27 @@ def _degenerate_kind(annotation: dict, width: float | None, height: float | None
             box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height):
         return "box_outside_image"
     segmentation = annotation.get("segmentation")
-    if isinstance(segmentation, list) and not any(map(_is_usable_polygon, segmentation)):
-        return "degenerate_polygons"  # RLE masks (dicts) are taken as they are
+    if isinstance(segmentation, list):  # RLE masks (dicts) are taken as they are
+        problems = [_polygon_problem(polygon, box) for polygon in segmentation]
+        if None not in problems:
+            return "polygons_outside_box" if "outside_box" in problems else "degenerate_polygons"
     return None
 
 
 def degenerate_coco_annotations(coco: dict) -> list[tuple[object, str]]:
-    """``(annotation id, kind)`` for each non-crowd annotation of a COCO-format data set (the
-    dict of its JSON file) that training would drop or trim (see DEGENERATE_KINDS): the same rule
-    as :func:`drop_degenerate_annotations`, for ground truth that must be used as given."""
+    """``(annotation id, kind)`` for each annotation of a COCO-format data set (the dict of its
+    JSON file), crowd or not, that training would drop or trim (see DEGENERATE_KINDS): the same
+    rule as :func:`drop_degenerate_annotations`, for ground truth that must be used as given."""
     sizes = {image["id"]: (image.get("width"), image.get("height"))
              for image in coco.get("images", [])}
     found = []
     for annotation in coco.get("annotations", []):
-        if annotation.get("iscrowd", 0):
-            continue
         width, height = sizes.get(annotation.get("image_id"), (None, None))
-        kind = _degenerate_kind({**annotation, "bbox_mode": BoxMode.XYWH_ABS}, width, height)
+        annotation = {**annotation, "bbox_mode": BoxMode.XYWH_ABS}
+        kind = _degenerate_kind(annotation, width, height)
         segmentation = annotation.get("segmentation")
-        if kind is None and isinstance(segmentation, list) and not all(
-                map(_is_usable_polygon, segmentation)):
+        if kind is None and isinstance(segmentation, list) and any(
+                _polygon_problem(polygon, _xyxy_box(annotation)) for polygon in segmentation):
             kind = "some_degenerate_polygons"
         if kind is not None:
             found.append((annotation.get("id"), kind))
@@ -85,25 +112,27 @@ def degenerate_coco_annotations(coco: dict) -> list[tuple[object, str]]:
 
 
 def drop_degenerate_annotations(dataset_dicts: list[dict], description: str) -> list[dict]:
-    """Remove degenerate non-crowd annotations (see DEGENERATE_KINDS) in place from Detectron2
-    dataset dicts, and degenerate polygons from annotations that keep at least one good polygon.
-    Logs how many of each kind were dropped from ``description`` (e.g. the data set names).
-    Crowd annotations are kept: they mark regions to ignore, not objects to learn."""
+    """Remove degenerate annotations (see DEGENERATE_KINDS; crowd ones too) in place from
+    Detectron2 dataset dicts, and unusable polygons from annotations that keep at least one good
+    polygon. Logs how many of each kind were dropped from ``description`` (e.g. the data set
+    names)."""
     dropped: Counter[str] = Counter()
-    total = dropped_polygons = 0
+    dropped_polygons: Counter[str] = Counter()
+    total = 0
     for record in dataset_dicts:
         kept = []
         for annotation in record.get("annotations", []):
             total += 1
-            kind = None if annotation.get("iscrowd", 0) else _degenerate_kind(
-                annotation, record.get("width"), record.get("height"))
+            kind = _degenerate_kind(annotation, record.get("width"), record.get("height"))
             if kind is not None:
                 dropped[kind] += 1
                 continue
             if isinstance(annotation.get("segmentation"), list):
-                polygons = [p for p in annotation["segmentation"] if _is_usable_polygon(p)]
-                dropped_polygons += len(annotation["segmentation"]) - len(polygons)
-                annotation["segmentation"] = polygons
+                box = _xyxy_box(annotation)
+                problems = [_polygon_problem(p, box) for p in annotation["segmentation"]]
+                dropped_polygons.update(problem for problem in problems if problem)
+                annotation["segmentation"] = [p for p, problem in zip(
+                    annotation["segmentation"], problems, strict=True) if problem is None]
             kept.append(annotation)
         if "annotations" in record:
             record["annotations"] = kept
@@ -113,10 +142,45 @@ def drop_degenerate_annotations(dataset_dicts: list[dict], description: str) -> 
                             for kind, count in sorted(dropped.items()))
         logger.warning(f"Dropped {sum(dropped.values())} of {total} annotations in "
                        f"{description}: {reasons}")
-    if dropped_polygons:
-        logger.warning(f"Dropped {dropped_polygons} degenerate polygons in {description} from "
-                       "annotations that keep other, usable polygons")
+    if dropped_polygons["degenerate"]:
+        logger.warning(f"Dropped {dropped_polygons['degenerate']} degenerate polygons in "
+                       f"{description} from annotations that keep other, usable polygons")
+    if dropped_polygons["outside_box"]:
+        logger.warning(f"Dropped {dropped_polygons['outside_box']} polygons that lie outside "
+                       f"their annotation's box in {description} from annotations that keep "
+                       "other, usable polygons")
     return dataset_dicts
+
+
+def check_unique_images(coco: dict, source: str) -> None:
+    """Raise, naming ``source`` (the JSON file) and the ids or file names, if an image id or an
+    image file appears in more than one entry of a COCO-format data set's "images" list. The COCO
+    API keeps one entry per id and gives it the annotations of all, silently; two entries for one
+    file split its objects, so each entry would teach the other's objects as background and
+    score them as false positives."""
+    counts = Counter(image.get("id") for image in coco.get("images", []))
+    repeated = [image_id for image_id, count in counts.items() if count > 1]
+    if repeated:
+        raise ValueError(
+            f"{source}: {len(repeated)} image id(s) appear in more than one image entry "
+            f"({_listed(repeated)}); the COCO API would keep one entry per id and give it the "
+            "annotations of all. Give each image its own id.")
+    ids_of: dict[object, list] = {}
+    for image in coco.get("images", []):
+        ids_of.setdefault(image.get("file_name"), []).append(image.get("id"))
+    shared = [f"{name} (ids {', '.join(map(str, ids))})" for name, ids in ids_of.items()
+              if len(ids) > 1]
+    if shared:
+        raise ValueError(
+            f"{source}: {len(shared)} image file(s) appear in more than one image entry "
+            f"({_listed(shared)}); each entry would hold part of the picture's objects, so the "
+            "others would count as background in training and as false positives in "
+            "evaluation. Merge them into one entry per image.")
+
+
+def _listed(items: list, count: int = 10) -> str:
+    more = f", and {len(items) - count} more" if len(items) > count else ""
+    return ", ".join(map(str, items[:count])) + more
 
 
 def check_mask_format(dataset_dicts: list[dict], mask_format: str, description: str) -> None:

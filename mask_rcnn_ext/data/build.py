@@ -4,13 +4,15 @@ that YAML and LazyConfig training share (``configs/common/*.py`` call them throu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.data import get_detection_dataset_dicts as detectron2_dataset_dicts
 from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.utils.file_io import PathManager
 
-from .annotations import check_mask_format, drop_degenerate_annotations
+from .annotations import check_mask_format, check_unique_images, drop_degenerate_annotations
 from .mapper import ImageCheckingMapper
 
 __all__ = ["build_checked_train_loader", "training_dataset_dicts"]
@@ -21,7 +23,8 @@ def training_dataset_dicts(names: str | Sequence[str], *, mask_format: str | Non
                            proposal_files: Sequence[str] | None = None,
                            description: str | None = None) -> list[dict]:
     """Detectron2's ``get_detection_dataset_dicts`` for training, with degenerate annotations
-    dropped (counted in the log) before images left without any are filtered out.
+    dropped (counted in the log) before images left without any are filtered out, and a COCO
+    file that lists an image twice refused (:func:`check_unique_images`).
 
     Args:
         names: registered data set names.
@@ -35,6 +38,13 @@ def training_dataset_dicts(names: str | Sequence[str], *, mask_format: str | Non
     description = description or f"training set {names}"
     dataset = detectron2_dataset_dicts(names, filter_empty=False, min_keypoints=min_keypoints,
                                        proposal_files=proposal_files)
+    for name in names:
+        # The loaded records can no longer show an image listed twice (the COCO API merged the
+        # entries): the file is read once more for its image list.
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if json_file:
+            with PathManager.open(json_file) as stream:
+                check_unique_images(json.load(stream), json_file)
     images = len(dataset)
     dataset = drop_degenerate_annotations(dataset, description)
     if mask_format is not None:

@@ -18,7 +18,7 @@ from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
 from PIL import Image, ImageOps
 
-__all__ = ["UnreadableImageError", "read_image"]
+__all__ = ["UnreadableImageError", "model_image", "read_image"]
 
 _SIXTEEN_BIT_MAX = 65535
 
@@ -65,3 +65,38 @@ def read_image(file_name: str, image_format: str | None = None) -> np.ndarray:
         raise
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for bad files
         raise UnreadableImageError(f"cannot read image {file_name}: {error}") from error
+
+
+def model_image(image, image_format: str, name: str = "the image") -> np.ndarray:
+    """``image`` as Detectron2's predictors feed it to the model: an (H, W, 3) uint8 array in
+    ``image_format`` ("BGR" or "RGB", the config's INPUT.FORMAT). A grayscale (H, W) or (H, W, 1)
+    uint8 array is converted, its channel repeated three times; anything else is a ValueError that
+    says what was given (``name``) and what is expected. DefaultPredictor takes any array and
+    fails deep inside, or predicts on a float image in 0..1 as on an almost black one."""
+    expected = (f"an (H, W, 3) uint8 array in {image_format} order (INPUT.FORMAT), as "
+                f"cv2.imread or mask_rcnn_ext.data.images.read_image(path, {image_format!r}) "
+                "return it, or an (H, W) uint8 grayscale array")
+    if not isinstance(image, np.ndarray):
+        given = "None" if image is None else f"a {type(image).__module__}.{type(image).__name__}"
+        raise ValueError(f"{name} is {given}; expected {expected}")
+    if image.dtype != np.uint8:
+        hint = ""
+        if np.issubdtype(image.dtype, np.floating) and image.size and np.nanmax(image) <= 1:
+            hint = (": its values lie in 0..1; scale them to 0..255 first, "
+                    "(image * 255).round().astype(np.uint8)")
+        elif image.dtype == np.uint16:
+            hint = (": read image files with mask_rcnn_ext.data.images.read_image, which scales "
+                    "16-bit images to 8 bits")
+        raise ValueError(f"{name} has dtype {image.dtype}{hint}; expected {expected}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        hint = (" (4 channels: drop the alpha channel, image[:, :, :3])"
+                if image.ndim == 3 and image.shape[2] == 4 else "")
+        raise ValueError(f"{name} has shape {image.shape}{hint}; expected {expected}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name} is empty ({image.shape[0]} x {image.shape[1]} pixels); "
+                         f"expected {expected}")
+    return image

@@ -1,0 +1,93 @@
+"""demo.py never writes over an input or an existing file unless asked (--overwrite), and gives
+inputs of the same name from different folders drawings of their own."""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+from PIL import Image
+
+from helpers import small_mask_rcnn_cfg
+from mask_rcnn_ext.checkpoint import SafeCheckpointer
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import demo
+    finally:
+        sys.path.remove(str(ROOT))
+    return demo
+
+
+@pytest.fixture
+def config(tmp_path):
+    """A small model's config file, with its saved random weights."""
+    cfg = small_mask_rcnn_cfg(depth=18)
+    torch.manual_seed(0)
+    SafeCheckpointer(build_model(cfg), str(tmp_path / "model")).save("model_final")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model" / "model_final.pth")
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.dump())
+    return str(path)
+
+
+def _images(folder: Path) -> list[Path]:
+    """Three inputs, two of them of the same name in different folders and one of the same stem
+    in another format."""
+    rng = np.random.default_rng(0)
+    paths = [folder / "a" / "img.png", folder / "b" / "img.png", folder / "a" / "img.jpg"]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_drawings_keep_the_inputs_apart_and_replace_nothing_unasked(demo, config, tmp_path,
+                                                                    capsys):
+    inputs = _images(tmp_path / "photos")
+    output = tmp_path / "vis"
+    demo.main(["--config-file", config, "--input", *map(str, inputs), "--output", str(output),
+               "--confidence-threshold", "0.0"])
+    # The inputs' layout below their common folder; a JPEG's drawing is img.jpg.png.
+    assert sorted(_digests(output)) == ["a/img.jpg.png", "a/img.png", "b/img.png"]
+    printed = capsys.readouterr().out
+    for given, drawn in zip(inputs, ["a/img.png", "b/img.png", "a/img.jpg.png"], strict=True):
+        assert f"{given}: " in printed and f"-> {output / drawn}" in printed
+        picture = np.asarray(Image.open(output / drawn))
+        assert picture.shape == (48, 64, 3)
+
+    photos, drawings = _digests(tmp_path / "photos"), _digests(output)
+
+    def refused(*arguments, message):
+        with pytest.raises(SystemExit) as exit_info:
+            demo.main(["--config-file", config, *arguments, "--confidence-threshold", "0.0"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        assert _digests(tmp_path / "photos") == photos and _digests(output) == drawings
+
+    refused("--input", *map(str, inputs), "--output", str(output),
+            message=f"3 drawing(s) would replace existing files ({output / 'a' / 'img.png'}, "
+                    f"{output / 'b' / 'img.png'}, {output / 'a' / 'img.jpg.png'}): give "
+                    "--overwrite to replace them")
+    # Into the inputs' own folder: never, even with --overwrite.
+    refused("--input", str(inputs[0]), "--output", str(inputs[0].parent), "--overwrite",
+            message=f"the drawing of {inputs[0]} would replace the input {inputs[0]}")
+    refused("--input", str(inputs[0]), str(inputs[1]), str(inputs[0]), "--output",
+            str(tmp_path / "other"), message=f"{inputs[0]} is given twice")
+
+    demo.main(["--config-file", config, "--input", str(inputs[1]), "--output",
+               str(output / "b"), "--overwrite", "--confidence-threshold", "0.0"])
+    assert _digests(tmp_path / "photos") == photos
+    assert sorted(_digests(output)) == sorted(drawings)  # replaced in place, nothing else
