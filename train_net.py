@@ -52,6 +52,7 @@ def main(args):
     cfg = setup(args)
     trainer_class = LazyTrainer if is_lazy_config(args.config_file) else Trainer
     if args.eval_only:
+        trainer_class.check_class_count(cfg, "test")  # before the model is built and loaded
         model = trainer_class.build_model(cfg)
         SafeCheckpointer(model, save_dir=trainer_class.output_dir(cfg),
                          check_weights=not getattr(args, "skip_weight_checks", False)

@@ -38,9 +38,10 @@ from detectron2.engine import launch as detectron2_launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from omegaconf import OmegaConf
 
 from .checkpoint import SafeCheckpointer
-from .data.build import build_checked_train_loader, training_dataset_dicts
+from .data.build import build_checked_train_loader, check_class_count, training_dataset_dicts
 from .data.images import model_image
 from .data.mapper import ImageCheckingMapper
 from .evaluation import FastCOCOEvaluator
@@ -131,8 +132,17 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         _check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE,
                           ("SOLVER.AMP.ENABLED", "MODEL.DEVICE"))
+        self.check_class_count(cfg, "test")  # the training sets', once they are loaded
         with _cpu_aware_ddp():
             super().__init__(cfg)
+
+    @classmethod
+    def check_class_count(cls, cfg, split: str) -> None:
+        """The model's number of classes against the categories of the ``split`` ("train" or
+        "test") data sets (:func:`~mask_rcnn_ext.data.build.check_class_count`)."""
+        check_class_count(cfg.DATASETS[split.upper()], cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                          names_key=f"DATASETS.{split.upper()}",
+                          classes_key="MODEL.ROI_HEADS.NUM_CLASSES")
 
     def train(self):
         try:
@@ -196,8 +206,15 @@ class Trainer(DefaultTrainer):
                            if cfg.MODEL.KEYPOINT_ON else 0),
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
             description=f"DATASETS.TRAIN {tuple(names)}")
+        cls.check_class_count(cfg, "train")
         return build_checked_train_loader(cfg, dataset=dataset,
                                           mapper=ImageCheckingMapper(cfg, is_train=True))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer's, once the test sets' categories are checked against the model's."""
+        cls.check_class_count(cfg, "test")
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -230,10 +247,12 @@ class LazyTrainer(Trainer):
         TrainerBase.__init__(self)  # DefaultTrainer's would build every part from a CfgNode
         train = cfg.train
         _check_amp_device(train.amp.enabled, train.device, ("train.amp.enabled", "train.device"))
+        self.check_class_count(cfg, "test")
         model = self.build_model(cfg)
         cfg.optimizer.params.model = model
         optimizer = instantiate(cfg.optimizer)
         data_loader = instantiate(cfg.dataloader.train)
+        self.check_class_count(cfg, "train")  # the sets are loaded now
         with _cpu_aware_ddp():
             model = detectron2_defaults.create_ddp_model(model, **train.get("ddp", {}))
         self._trainer = (AMPTrainer if train.amp.enabled else SimpleTrainer)(model, data_loader,
@@ -253,6 +272,17 @@ class LazyTrainer(Trainer):
     @classmethod
     def initial_weights(cls, cfg) -> str:
         return cfg.train.init_checkpoint
+
+    @classmethod
+    def check_class_count(cls, cfg, split: str) -> None:
+        """As Trainer's, for configs that name their sets (``dataloader.<split>.dataset.names``)
+        and the model's classes (``model.roi_heads.num_classes``); others are not checked."""
+        names_key = f"dataloader.{split}.dataset.names"
+        names = OmegaConf.select(cfg, names_key, default=None)
+        num_classes = OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)
+        if names is not None and num_classes is not None:
+            check_class_count([names] if isinstance(names, str) else list(names), num_classes,
+                              names_key=names_key, classes_key="model.roi_heads.num_classes")
 
     @classmethod
     def output_dir(cls, cfg) -> str:
@@ -297,6 +327,7 @@ class LazyTrainer(Trainer):
         print the results as Detectron2's trainers do; {} without an evaluator."""
         if "evaluator" not in cfg.dataloader:
             return {}
+        cls.check_class_count(cfg, "test")
         results = inference_on_dataset(model, instantiate(cfg.dataloader.test),
                                        instantiate(cfg.dataloader.evaluator))
         if comm.is_main_process():

@@ -442,3 +442,57 @@ def test_evaluation_refuses_polygons_outside_their_box_and_degenerate_crowds(wri
     # the annotation.
     with pytest.raises(Exception):  # noqa: B017
         evaluate(COCOeval, COCO(str(crowd_json)), _exact_predictions(data), "segm", 1)
+
+
+def test_a_class_count_that_differs_from_the_data_is_refused_naming_sets_numbers_and_key(
+        written_set, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from detectron2.engine import default_argument_parser
+
+    from mask_rcnn_ext.engine import Trainer
+
+    data, names = written_set
+    # One more category, which some objects now belong to.
+    more = dict(data, categories=[*data["categories"], {"id": 99, "name": "extra"}],
+                annotations=[dict(a, category_id=99) if index % 3 == 0 else a
+                             for index, a in enumerate(data["annotations"])])
+    names += [f"five_{uuid.uuid4().hex[:6]}", f"four_{uuid.uuid4().hex[:6]}"]
+    five = _write_registered(tmp_path, names[0], more)
+    _write_registered(tmp_path, names[1], data)
+    message = (f"DATASETS.{{split}} \\('{names[0]}',\\): {names[0]} \\({five}\\) has 5 "
+               "categories, but MODEL.ROI_HEADS.NUM_CLASSES is 4. .*: set "
+               "MODEL.ROI_HEADS.NUM_CLASSES to 5")
+    cfg = small_mask_rcnn_cfg(names[0], tmp_path / "train", depth=18)  # 4 classes
+    with pytest.raises(ValueError, match=message.format(split="TRAIN")):
+        Trainer(cfg)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names[1],), (names[0],)
+    with pytest.raises(ValueError, match=message.format(split="TEST")):
+        Trainer(cfg)  # refused before training, not at its final evaluation
+
+    # --eval-only: refused before inference.
+    root = str(Path(__file__).parent.parent)
+    sys.path.insert(0, root)
+    try:
+        import train_net
+    finally:
+        sys.path.remove(root)
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.dump())
+    arguments = default_argument_parser().parse_args(
+        ["--config-file", str(config), "--eval-only", "OUTPUT_DIR", str(tmp_path / "eval")])
+    with pytest.raises(ValueError, match=message.format(split="TEST")):
+        train_net.main(arguments)
+
+    # A LazyConfig: its own keys are named.
+    from mask_rcnn_ext.config import load_lazy_config
+    from mask_rcnn_ext.engine import LazyTrainer
+
+    lazy = load_lazy_config(str(Path(root) / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.py"),
+                            [f"dataloader.train.dataset.names={names[0]}",
+                             f"train.output_dir={tmp_path / 'lazy'}"])
+    with pytest.raises(ValueError, match=f"dataloader.train.dataset.names \\('{names[0]}',\\): "
+                                         f"{names[0]} .* has 5 categories, but "
+                                         "model.roi_heads.num_classes is 4"):
+        LazyTrainer(lazy)

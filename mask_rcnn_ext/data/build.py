@@ -5,9 +5,10 @@ that YAML and LazyConfig training share (``configs/common/*.py`` call them throu
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data import get_detection_dataset_dicts as detectron2_dataset_dicts
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.utils.file_io import PathManager
@@ -15,7 +16,7 @@ from detectron2.utils.file_io import PathManager
 from .annotations import check_mask_format, check_unique_images, drop_degenerate_annotations
 from .mapper import ImageCheckingMapper
 
-__all__ = ["build_checked_train_loader", "training_dataset_dicts"]
+__all__ = ["build_checked_train_loader", "check_class_count", "training_dataset_dicts"]
 
 
 def training_dataset_dicts(names: str | Sequence[str], *, mask_format: str | None = None,
@@ -65,3 +66,38 @@ def build_checked_train_loader(*args, dataset: list[dict], mapper: ImageChecking
     Detectron2 look for a readable one forever."""
     mapper.images_in_dataset = len({record["file_name"] for record in dataset})
     return build_detection_train_loader(*args, dataset=dataset, mapper=mapper, **kwargs)
+
+
+def check_class_count(names: Sequence[str], num_classes: int, *, names_key: str,
+                      classes_key: str) -> None:
+    """Raise, naming the data sets, both numbers and the config keys, unless every data set of
+    ``names`` (config key ``names_key``) has ``num_classes`` categories (config key
+    ``classes_key``). Detectron2 checks nothing: a category beyond the model's classes is trained
+    as background, silently (two beyond fail mid-training), and evaluating a model of other
+    classes compares unrelated class ids.
+
+    A set's categories are its metadata's ``thing_classes``, set when the set is loaded (it is
+    loaded here if that has not happened yet); a set without them is not checked (logged)."""
+    counts = {}
+    for name in names:
+        metadata = MetadataCatalog.get(name)
+        if metadata.get("thing_classes") is None:
+            DatasetCatalog.get(name)  # loading a COCO-format set sets its classes
+        classes = metadata.get("thing_classes")
+        if classes is None:
+            logging.getLogger(__name__).warning(
+                f"{names_key}: data set {name!r} names no categories (no thing_classes in its "
+                f"metadata), so its number of classes cannot be compared with {classes_key}")
+            continue
+        counts[name] = len(classes)
+    wrong = {name: count for name, count in counts.items() if count != num_classes}
+    if wrong:
+        sources = {name: MetadataCatalog.get(name).get("json_file") for name in wrong}
+        sets = "; ".join(f"{name}{f' ({sources[name]})' if sources[name] else ''} has {count}"
+                         for name, count in wrong.items())
+        fix = (f"set {classes_key} to {next(iter(wrong.values()))}"
+               if len(set(wrong.values())) == 1 else "use data sets of one set of categories")
+        raise ValueError(
+            f"{names_key} {tuple(names)}: {sets} categories, but {classes_key} is "
+            f"{num_classes}. A category beyond the model's classes would be trained as "
+            f"background, and a model of other classes cannot be evaluated on them: {fix}.")
