@@ -50,14 +50,15 @@ SMALL_SET := $(DATA_ROOT)/synthetic_small/annotations/instances_val.json
 DEMO_IMAGES := $(foreach i,0 1 2 3,$(DATA_ROOT)/synthetic_small/val/00000$(i).png)
 # The main job on the embedded data: generate the 128 x 160 synthetic set if missing, pretrain the
 # ResNet on its object crops if missing, train the detector on CPU, evaluate (box, mask and
-# boundary AP), and draw predictions on a few validation images.
+# boundary AP), and draw predictions on a few validation images. Run again, it continues an
+# interrupted training (--resume), or evaluates the finished one again, and redraws.
 demo: setup
 	@test -f $(SMALL_SET) || $(PY) datasets/prepare_synthetic.py --set synthetic_small
 	@test -f $(DEMO_PRETRAINED) || $(PY) -m mask_rcnn_ext.pretrain --config-file $(DEMO_CONFIG) \
 		--output $(DEMO_PRETRAINED)
-	$(PY) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT) \
+	$(PY) train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_OUTPUT) \
 		MODEL.WEIGHTS $(DEMO_PRETRAINED)
-	$(PY) demo.py --config-file $(DEMO_CONFIG) --input $(DEMO_IMAGES) \
+	$(PY) demo.py --config-file $(DEMO_CONFIG) --input $(DEMO_IMAGES) --overwrite \
 		--output $(DEMO_OUTPUT)/visualizations --confidence-threshold 0.5 \
 		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth
 	@echo "Model, metrics and evaluation in $(DEMO_OUTPUT); pictures in $(DEMO_OUTPUT)/visualizations"

@@ -11,13 +11,14 @@
         optimizer.lr=0.02                                     # a LazyConfig: key=value overrides
 """
 
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_argument_parser
 
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
 from mask_rcnn_ext.config import is_lazy_config, load_lazy_config
 from mask_rcnn_ext.data import register_coco_format
 from mask_rcnn_ext.engine import LazyTrainer, Trainer, launch
+from mask_rcnn_ext.run import setup_run
 
 
 def argument_parser():
@@ -34,9 +35,14 @@ def argument_parser():
     return parser
 
 
+def trainer_class_for(args):
+    return LazyTrainer if is_lazy_config(args.config_file) else Trainer
+
+
 def setup(args):
     """The config (a YAML CfgNode, or a LazyConfig for a ``.py`` file), its data sets registered
-    and Detectron2's logging and output folder set up."""
+    and the run set up (Detectron2's logging and output folder, the folder guarded:
+    :func:`mask_rcnn_ext.run.setup_run`)."""
     lazy = is_lazy_config(args.config_file)
     cfg = (load_lazy_config if lazy else load_config)(args.config_file, args.opts)
     datasets = [] if lazy else cfg.DATASETS.COCO_FORMAT
@@ -44,13 +50,13 @@ def setup(args):
         register_coco_format(name, json_file, image_root)
     if not lazy:
         cfg.freeze()
-    default_setup(cfg, args)
+    setup_run(cfg, args, trainer_class_for(args))
     return cfg
 
 
 def main(args):
     cfg = setup(args)
-    trainer_class = LazyTrainer if is_lazy_config(args.config_file) else Trainer
+    trainer_class = trainer_class_for(args)
     if args.eval_only:
         trainer_class.check_class_count(cfg, "test")  # before the model is built and loaded
         model = trainer_class.build_model(cfg)

@@ -15,6 +15,7 @@ code from the file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from detectron2.utils.file_io import PathManager
 
 from .files import atomic_write, remove_interrupted_writes
 
-__all__ = ["CheckpointSaveError", "SafeCheckpointer", "UnsafeCheckpointError",
+__all__ = ["CheckpointSaveError", "SafeCheckpointer", "StateLayout", "UnsafeCheckpointError",
            "UnusableWeightsError", "load_pickled_arrays", "remove_interrupted_saves",
            "write_checkpoint"]
 
@@ -117,6 +118,58 @@ def load_pickled_arrays(stream) -> object:
     """Unpickle ``stream`` (a binary file, Python 2 or 3 pickle) that holds dicts/lists of NumPy
     arrays, numbers and strings. Raises :class:`UnsafeCheckpointError` for anything else."""
     return _ArrayUnpickler(stream, encoding="latin1").load()
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """The structure of a training's state, which ``--resume`` must find unchanged: the shape
+    of each tensor of the model's state, and the number of parameters in each of the optimizer's
+    parameter groups."""
+
+    shapes: dict[str, tuple[int, ...]]
+    group_sizes: tuple[int, ...] | None  # None: no optimizer state (it will not be loaded)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> StateLayout:
+        return cls({key: tuple(value.shape) for key, value in model.state_dict().items()},
+                   tuple(len(group["params"]) for group in optimizer.param_groups))
+
+    @classmethod
+    def of_checkpoint(cls, path: str) -> StateLayout:
+        """The layout of the training state saved in ``path`` (memory-mapped: the tensors'
+        data is not read)."""
+        with torch.serialization.safe_globals(_TORCH_ARRAY_GLOBALS):
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Detectron2's trainers keep the optimizer's state in their own (with upstream's
+        # "_trainer" key, or the compat fix trainer-checkpoints-optimizer); a checkpointer made
+        # with the optimizer as a checkpointable keeps it at the top.
+        optimizer = saved.get("trainer", {}).get("_trainer", {}).get("optimizer",
+                                                                     saved.get("optimizer"))
+        return cls({key: tuple(value.shape) for key, value in saved["model"].items()},
+                   None if optimizer is None else
+                   tuple(len(group["params"]) for group in optimizer["param_groups"]))
+
+    def differences(self, other: StateLayout, names: tuple[str, str]) -> list[str]:
+        """How ``other`` differs from this layout, each side called by its entry of ``names``
+        (this one's first)."""
+        ours, theirs = names
+        found = []
+        reshaped = [f"{key}: {self.shapes[key]} {ours}, {other.shapes[key]} {theirs}"
+                    for key in self.shapes.keys() & other.shapes.keys()
+                    if self.shapes[key] != other.shapes[key]]
+        if reshaped:
+            found.append(f"{len(reshaped)} weight(s) of another shape ({_first(sorted(reshaped))})")
+        for keys, where, absent in ((self.shapes.keys() - other.shapes.keys(), ours, theirs),
+                                    (other.shapes.keys() - self.shapes.keys(), theirs, ours)):
+            if keys:
+                found.append(f"{len(keys)} weight(s) {where} that are not {absent} "
+                             f"({_first(sorted(keys))})")
+        if None not in (self.group_sizes, other.group_sizes) and (
+                self.group_sizes != other.group_sizes):
+            found.append(f"the optimizer's parameter groups: {len(self.group_sizes)} of "
+                         f"{list(self.group_sizes)} parameters {ours}, {len(other.group_sizes)} of "
+                         f"{list(other.group_sizes)} {theirs}")
+        return found
 
 
 class SafeCheckpointer(DetectionCheckpointer):

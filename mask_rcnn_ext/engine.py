@@ -40,7 +40,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
-from .checkpoint import SafeCheckpointer
+from .checkpoint import SafeCheckpointer, StateLayout
 from .data.build import build_checked_train_loader, check_class_count, training_dataset_dicts
 from .data.images import model_image
 from .data.mapper import ImageCheckingMapper
@@ -180,9 +180,22 @@ class Trainer(DefaultTrainer):
         """The weights a run starts from, and ``--eval-only`` evaluates."""
         return cfg.MODEL.WEIGHTS
 
+    # The config key of the run's output folder, as errors name it.
+    output_dir_key = "OUTPUT_DIR"
+
     @classmethod
     def output_dir(cls, cfg) -> str:
         return cfg.OUTPUT_DIR
+
+    @classmethod
+    def state_layout(cls, cfg) -> StateLayout:
+        """What a run of ``cfg`` checkpoints, built on the meta device (nothing allocated or
+        initialised, 0.1 s for an R-50): its model's state shapes and its optimizer's groups."""
+        meta = cfg.clone()
+        meta.defrost()
+        meta.MODEL.DEVICE = "meta"
+        model = build_model(meta)  # MODEL.SPEEDUPS keep the state's keys and shapes
+        return StateLayout.of(model, cls.build_optimizer(meta, model))
 
     def build_hooks(self):
         # DefaultTrainer made its checkpointer just before; the periodic-checkpoint hook and
@@ -284,9 +297,19 @@ class LazyTrainer(Trainer):
             check_class_count([names] if isinstance(names, str) else list(names), num_classes,
                               names_key=names_key, classes_key="model.roi_heads.num_classes")
 
+    output_dir_key = "train.output_dir"
+
     @classmethod
     def output_dir(cls, cfg) -> str:
         return cfg.train.output_dir
+
+    @classmethod
+    def state_layout(cls, cfg) -> StateLayout:
+        with torch.device("meta"):
+            model = instantiate(cfg.model)
+        optimizer = OmegaConf.masked_copy(cfg, ["optimizer"]).optimizer  # cfg stays as it is
+        optimizer.params.model = model
+        return StateLayout.of(model, instantiate(optimizer))
 
     def _run_training(self):
         TrainerBase.train(self, self.start_iter, self.max_iter)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 
 import cv2
@@ -159,6 +160,8 @@ def main(argv=None) -> dict:
                         help="of 64 crops (default: the config's PRETRAIN.ITERATIONS)")
     parser.add_argument("--output", help="the checkpoint to write (.pth; default: the config's "
                                          "MODEL.WEIGHTS)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoint if it exists (otherwise refused)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     setup_logger()  # Detectron2's own messages (the data set's loading)
@@ -168,6 +171,9 @@ def main(argv=None) -> dict:
     if not output or "://" in output:
         raise ValueError(f"no file to write: give --output, or a local path in MODEL.WEIGHTS of "
                          f"{args.config_file} (it is {cfg.MODEL.WEIGHTS!r})")
+    if os.path.exists(output) and not args.overwrite:  # checked now, not after the training
+        parser.error(f"{output} exists (the weights the config starts from?): give --overwrite "
+                     "to replace it, or another --output")
     for name, json_file, image_root in cfg.DATASETS.COCO_FORMAT:
         register_coco_format(name, json_file, image_root)
     measured = pretrain(cfg, args.iterations or cfg.PRETRAIN.ITERATIONS, output)

@@ -496,3 +496,28 @@ def test_a_class_count_that_differs_from_the_data_is_refused_naming_sets_numbers
                                          f"{names[0]} .* has 5 categories, but "
                                          "model.roi_heads.num_classes is 4"):
         LazyTrainer(lazy)
+
+
+def test_drop_and_skip_counts_reach_the_runs_log_file(flawed_dataset, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from detectron2.engine import default_argument_parser
+
+    name, (truncated, not_an_image) = flawed_dataset
+    root = str(Path(__file__).parent.parent)
+    sys.path.insert(0, root)
+    try:
+        import train_net
+    finally:
+        sys.path.remove(root)
+    cfg = small_mask_rcnn_cfg(name, tmp_path / "output", depth=18)
+    cfg.SOLVER.MAX_ITER, cfg.SEED = 3, 0  # the seed decides which images are drawn
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.dump())
+    train_net.main(default_argument_parser().parse_args(["--config-file", str(config)]))
+    log = (tmp_path / "output" / "log.txt").read_text()
+    assert f"Dropped 8 of 22 annotations in DATASETS.TRAIN ('{name}',)" in log
+    assert "Removed 1 images with no usable annotations" in log  # Detectron2's, as before
+    skips = [line for line in log.splitlines() if "Skipping a training image" in line]
+    assert skips and all(truncated in line or not_an_image in line for line in skips)

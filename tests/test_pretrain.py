@@ -1,7 +1,10 @@
 """Backbone pretraining on semantic masks (mask_rcnn_ext.pretrain) and loading its weights."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
@@ -75,3 +78,18 @@ def test_pretrained_resnet_loads_into_fpn_c4_and_c5_models(tiny_coco_dataset, tm
         assert set(loaded) == set(saved)
         for name, value in loaded.items():
             torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
+
+
+def test_an_existing_checkpoint_is_not_replaced_unless_asked(tmp_path, capsys):
+    from mask_rcnn_ext.pretrain import main
+
+    existing = tmp_path / "R-18.pth"
+    existing.write_bytes(b"the user's own weights")
+    config = Path(__file__).parent.parent / "configs" / "Synthetic" / \
+        "mask_rcnn_R_18_FPN_small_cpu.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config-file", str(config), "MODEL.WEIGHTS", str(existing)])
+    assert exit_info.value.code == 2
+    assert f"{existing} exists (the weights the config starts from?): give --overwrite" in (
+        capsys.readouterr().err)
+    assert existing.read_bytes() == b"the user's own weights"
