@@ -164,3 +164,11 @@ def test_resume_refuses_a_config_that_does_not_fit_the_checkpoint(finished_run, 
                               str(output / "model_final.pth")))
     assert _digests(output)["config.yaml"] == before["config.yaml"]
     assert not list(output.glob(".config.yaml*"))
+
+    # A set-up killed while the run's config.yaml was set aside: the next one puts it back.
+    os.replace(output / "config.yaml", output / ".config.yaml.run")
+    (output / "config.yaml").write_text("written by the set-up that was killed\n")
+    train_net.main(_arguments(config, "--eval-only", "OUTPUT_DIR", str(output), "MODEL.WEIGHTS",
+                              str(output / "model_final.pth")))
+    assert _digests(output)["config.yaml"] == before["config.yaml"]
+    assert not list(output.glob(".config.yaml*"))

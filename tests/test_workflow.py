@@ -21,11 +21,11 @@ DEMO_CONFIG = ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_small_cpu.yam
 DEMO_MASK_AP_FLOOR = 30.0
 
 
-def _run(args, datasets, timeout=900):
+def _run(args, datasets, timeout=900, succeeds=True):
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), PYTHONWARNINGS="ignore")
     result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (result.returncode == 0) == succeeds, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
@@ -130,15 +130,22 @@ def test_own_coco_format_data_from_the_command_line(small_synthetic, tmp_path):
 def test_two_cpu_processes_train_and_evaluate(small_synthetic, tmp_path):
     """Distributed data-parallel training on a CPU-only machine: 2 processes over gloo."""
     output = tmp_path / "output"
-    log = _run(["train_net.py", "--config-file", str(CONFIG), "--num-gpus", "2",
-                "--dist-url", "auto", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
-                "SOLVER.WARMUP_ITERS", "1", "INPUT.MIN_SIZE_TRAIN", "(128,)",
-                "INPUT.MIN_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
-                "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(output)],
-               small_synthetic)
+    command = ["train_net.py", "--config-file", str(CONFIG), "--num-gpus", "2",
+               "--dist-url", "auto", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
+               "SOLVER.WARMUP_ITERS", "1", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+               "INPUT.MIN_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
+               "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(output)]
+    log = _run(command, small_synthetic)
     assert "World size: 2" in log and (output / "log.txt.rank1").is_file()
     assert (output / "model_final.pth").is_file()
     assert _copypaste_ap(log, "segm") >= 0  # evaluated, over both processes' predictions
+    # The same again into that folder: refused by the main process, before any writes.
+    files = {path.name: path.read_bytes() for path in output.iterdir() if path.is_file()}
+    refused = _run(command, small_synthetic, succeeds=False)
+    assert f"ExistingRunError: OUTPUT_DIR {output} holds another run's files" in refused
+    assert {path.name: path.read_bytes() for path in output.iterdir()
+            if path.is_file() and path.name != ".run.lock"} == {
+        name: data for name, data in files.items() if name != ".run.lock"}
 
 
 _LAUNCHED = """
