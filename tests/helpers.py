@@ -3,7 +3,10 @@ of the synthetic evaluation problems (``mask_rcnn_ext.data.synthetic.evaluation_
 
 import contextlib
 import copy
+import importlib
 import json
+import sys
+from pathlib import Path
 
 import torch
 from detectron2.config import get_cfg
@@ -11,6 +14,17 @@ from detectron2.structures import Boxes, Instances, PolygonMasks
 
 from mask_rcnn_ext import add_mask_rcnn_ext_config
 from mask_rcnn_ext.data import synthetic
+
+ROOT = Path(__file__).parent.parent
+
+
+def root_script(name: str):
+    """The repository's script ``name`` (``train_net``, ``demo``), imported as a module."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT))
 
 
 def small_mask_rcnn_cfg(dataset_name="", output_dir="", depth=50):

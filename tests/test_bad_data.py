@@ -22,7 +22,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from helpers import evaluate, small_mask_rcnn_cfg
+from helpers import ROOT, evaluate, root_script, small_mask_rcnn_cfg
 from mask_rcnn_ext.data import synthetic
 from mask_rcnn_ext.data.annotations import drop_degenerate_annotations
 from mask_rcnn_ext.data.images import UnreadableImageError, read_image
@@ -446,12 +446,10 @@ def test_evaluation_refuses_polygons_outside_their_box_and_degenerate_crowds(wri
 
 def test_a_class_count_that_differs_from_the_data_is_refused_naming_sets_numbers_and_key(
         written_set, tmp_path):
-    import sys
-    from pathlib import Path
-
     from detectron2.engine import default_argument_parser
 
-    from mask_rcnn_ext.engine import Trainer
+    from mask_rcnn_ext.config import load_lazy_config
+    from mask_rcnn_ext.engine import LazyTrainer, Trainer
 
     data, names = written_set
     # One more category, which some objects now belong to.
@@ -472,12 +470,7 @@ def test_a_class_count_that_differs_from_the_data_is_refused_naming_sets_numbers
         Trainer(cfg)  # refused before training, not at its final evaluation
 
     # --eval-only: refused before inference.
-    root = str(Path(__file__).parent.parent)
-    sys.path.insert(0, root)
-    try:
-        import train_net
-    finally:
-        sys.path.remove(root)
+    train_net = root_script("train_net")
     config = tmp_path / "config.yaml"
     config.write_text(cfg.dump())
     arguments = default_argument_parser().parse_args(
@@ -486,10 +479,7 @@ def test_a_class_count_that_differs_from_the_data_is_refused_naming_sets_numbers
         train_net.main(arguments)
 
     # A LazyConfig: its own keys are named.
-    from mask_rcnn_ext.config import load_lazy_config
-    from mask_rcnn_ext.engine import LazyTrainer
-
-    lazy = load_lazy_config(str(Path(root) / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.py"),
+    lazy = load_lazy_config(str(ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.py"),
                             [f"dataloader.train.dataset.names={names[0]}",
                              f"train.output_dir={tmp_path / 'lazy'}"])
     with pytest.raises(ValueError, match=f"dataloader.train.dataset.names \\('{names[0]}',\\): "
@@ -499,18 +489,10 @@ def test_a_class_count_that_differs_from_the_data_is_refused_naming_sets_numbers
 
 
 def test_drop_and_skip_counts_reach_the_runs_log_file(flawed_dataset, tmp_path):
-    import sys
-    from pathlib import Path
-
     from detectron2.engine import default_argument_parser
 
     name, (truncated, not_an_image) = flawed_dataset
-    root = str(Path(__file__).parent.parent)
-    sys.path.insert(0, root)
-    try:
-        import train_net
-    finally:
-        sys.path.remove(root)
+    train_net = root_script("train_net")
     cfg = small_mask_rcnn_cfg(name, tmp_path / "output", depth=18)
     cfg.SOLVER.MAX_ITER, cfg.SEED = 3, 0  # the seed decides which images are drawn
     config = tmp_path / "config.yaml"

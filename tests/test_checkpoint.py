@@ -4,19 +4,17 @@ refuse, for evaluation and prediction, weights that do not fit the model or are 
 
 import logging
 import os
-from pathlib import Path
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from helpers import small_mask_rcnn_cfg
+from helpers import ROOT, root_script, small_mask_rcnn_cfg
 from mask_rcnn_ext import checkpoint as checkpoint_module
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
 
-ROOT = Path(__file__).parent.parent
 _REAL_SAVE = torch.save
 
 
@@ -316,18 +314,13 @@ def _saved_weights(tmp_path, name, cfg, edit=None):
 
 
 def test_unusable_weights_are_refused_for_evaluation_and_prediction(tmp_path):
-    import sys
 
     from detectron2.engine import default_argument_parser
 
     from mask_rcnn_ext.checkpoint import UnusableWeightsError
     from mask_rcnn_ext.engine import Predictor
 
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_net
-    finally:
-        sys.path.remove(str(ROOT))
+    train_net = root_script("train_net")
     config = str(ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml")
     cfg = load_config(config)
     other_classes = cfg.clone()

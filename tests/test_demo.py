@@ -2,7 +2,6 @@
 inputs of the same name from different folders drawings of their own."""
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +10,13 @@ import torch
 from detectron2.modeling import build_model
 from PIL import Image
 
-from helpers import small_mask_rcnn_cfg
+from helpers import root_script, small_mask_rcnn_cfg
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
-
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
 def demo():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import demo
-    finally:
-        sys.path.remove(str(ROOT))
-    return demo
+    return root_script("demo")
 
 
 @pytest.fixture

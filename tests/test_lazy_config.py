@@ -2,8 +2,6 @@
 schedule, data loaders), and ``train_net.py`` trains, resumes and evaluates with one."""
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +12,11 @@ from detectron2.utils.events import EventStorage
 from omegaconf import ListConfig
 
 from benchmarks.models import calibrated_model, synthetic_images, training_batch
+from helpers import ROOT, root_script
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.config import load_lazy_config
 from mask_rcnn_ext.engine import LazyTrainer, Trainer
 
-ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "configs"
 TWINS = ["Synthetic/mask_rcnn_R_18_FPN_cpu", "Synthetic/mask_scoring_R_18_FPN_cpu",
          "COCO/mask_rcnn_R_50_FPN_1x", "COCO/mask_scoring_R_50_FPN_1x"]
@@ -147,12 +145,7 @@ def _yaml_mapper(cfg, is_train):
 
 
 def _train_net():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_net
-    finally:
-        sys.path.remove(str(ROOT))
-    return train_net
+    return root_script("train_net")
 
 
 def test_train_net_trains_resumes_and_evaluates_a_lazy_config(tiny_coco_dataset, tmp_path, capsys):

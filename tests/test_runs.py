@@ -18,22 +18,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 
-from helpers import small_mask_rcnn_cfg
+from helpers import ROOT, root_script, small_mask_rcnn_cfg
 from mask_rcnn_ext.data import synthetic
 from mask_rcnn_ext.run import ExistingRunError, IncompatibleResumeError, OutputDirInUseError
 
-ROOT = Path(__file__).parent.parent
 LAZY_CONFIG = ROOT / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.py"
 
 
 @pytest.fixture(scope="module")
 def train_net():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_net
-    finally:
-        sys.path.remove(str(ROOT))
-    return train_net
+    return root_script("train_net")
 
 
 @pytest.fixture(scope="module")
