@@ -126,7 +126,10 @@ class Trainer(DefaultTrainer):
     The model gets ``MODEL.SPEEDUPS`` (:func:`apply_speedups`). Bad data: degenerate training
     annotations are dropped, with counts in the log (:func:`drop_degenerate_annotations`); an
     unreadable image is skipped in training and fatal in evaluation, named either way
-    (:class:`ImageCheckingMapper`).
+    (:class:`ImageCheckingMapper`); data sets whose number of categories is not the model's are
+    refused before training and before evaluation (:meth:`check_class_count`). The output folder
+    is guarded by ``train_net.py``'s set-up (:func:`mask_rcnn_ext.run.setup_run`), which a script
+    of your own calls where Detectron2's would call ``default_setup``.
     """
 
     def __init__(self, cfg):
