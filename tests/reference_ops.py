@@ -46,8 +46,10 @@ def pool_bins(features, image_index, output_size, grids, sample_point, aggregate
     return output
 
 
-def roi_align_max(features, rois, output_size, scale, sampling_ratio, aligned):
-    """Max over each bin's bilinear samples."""
+def roi_align_max(features, rois, output_size, scale, sampling_ratio, aligned,
+                  nan_propagates=False):
+    """Max over each bin's bilinear samples; with ``nan_propagates``, NaN if one is NaN (as
+    torch.max), else as Python's ``max``, which NaN makes order-dependent."""
     pooled_h, pooled_w = output_size
     offset = 0.5 if aligned else 0.0
     geometry, grids = [], []
@@ -66,8 +68,13 @@ def roi_align_max(features, rois, output_size, scale, sampling_ratio, aligned):
         return (y1 + (p + (iy + 0.5) / grid_h) * height / pooled_h,
                 x1 + (q + (ix + 0.5) / grid_w) * width / pooled_w)
 
+    def maximum(values):
+        if nan_propagates and any(math.isnan(value) for value in values):
+            return math.nan
+        return max(values) if values else 0.0
+
     return pool_bins(features, rois[:, 0].long().tolist(), output_size, grids, sample_point,
-                     lambda values: max(values) if values else 0.0)
+                     maximum)
 
 
 def interpolated(feature, y, x):

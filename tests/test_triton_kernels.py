@@ -8,6 +8,8 @@ variable is set only while a test runs one: the package's own import is left alo
 
 import importlib.util
 import itertools
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,49 @@ def test_precise_equals_numerical_integration(kernels, aligned):
                                atol=1e-12, rtol=1e-12)
 
 
+def test_precise_gives_zero_for_bins_of_negative_length_on_either_axis(kernels):
+    """As the CPU op and the numerical integral: a box inverted on one axis or both pools to 0
+    (inverted on both, its bins' 'area' is positive, which the kernel once took for a bin)."""
+    inverted = torch.tensor([[0, 17.9, 14.3, 4.2, 6.6],     # both axes
+                             [1, 17.9, 6.6, 4.2, 14.3],     # x only
+                             [0, 4.2, 14.3, 17.9, 6.6]],    # y only
+                            dtype=torch.float64)
+    features = _features().requires_grad_(True)
+    for aligned in (False, True):
+        ours = _precise(kernels, features, inverted, aligned)
+        expected = reference_ops.precise_pool_numerical(features.detach(), inverted, OUTPUT, 0.5,
+                                                        aligned, steps=4)
+        assert torch.equal(expected, torch.zeros_like(expected))
+        torch.testing.assert_close(ours, expected, atol=0, rtol=0)
+        cpu = layers.precise_roi_pool(features, inverted, OUTPUT, 0.5, aligned)
+        torch.testing.assert_close(_gradient(ours, features), _gradient(cpu, features),
+                                   atol=0, rtol=0)
+
+
+def test_max_propagates_nan_samples(kernels):
+    """A bin with a NaN sample (one whose four neighbours hold a NaN, as torchvision computes a
+    sample) is NaN and takes the bin's gradient, as torch.max propagates NaN (``value > best`` is
+    false for NaN: the kernel once skipped them, and pooled 0 NaN bins)."""
+    features = _features()
+    features[0, 1, 5:8, 4:6] = math.nan
+    features[1, :, 0, 0] = math.nan
+    for sampling_ratio in (0, 2):
+        expected = reference_ops.roi_align_max(features, BOXES, OUTPUT, 0.5, sampling_ratio,
+                                               True, nan_propagates=True)
+        ours = _align(kernels, features.requires_grad_(True), BOXES, sampling_ratio, True, "max")
+        assert int(expected.isnan().sum()) > 0
+        torch.testing.assert_close(ours, expected, atol=1e-12, rtol=1e-12, equal_nan=True)
+        # The CPU op makes more bins NaN (a window's NaN reaches every sample of the window
+        # through its zero weights); elsewhere both send the gradient to the same samples.
+        cpu = layers.roi_align(features, BOXES, OUTPUT, 0.5, sampling_ratio, True, mode="max")
+        grad = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1),
+                           dtype=ours.dtype).masked_fill(cpu.isnan(), 0)
+        ours_grad, = torch.autograd.grad(ours, features, grad)
+        cpu_grad, = torch.autograd.grad(cpu, features, grad)
+        torch.testing.assert_close(ours_grad, cpu_grad, atol=1e-12, rtol=1e-12)
+        features = features.detach()
+
+
 def test_warp_equals_crop_and_resize(kernels):
     features = _features().requires_grad_(True)
     ours = _warp(kernels, features, BOXES)
@@ -237,5 +282,23 @@ def test_kernels_compile_for_gpus(capability):
                 for kernel, pointers, constants in kernels:
                     constants = {**constants, "BLOCK": compiled._BLOCK}
                     signature = {**pointers, **shape, **dict.fromkeys(constants, "constexpr")}
-                    triton.compile(ASTSource(kernel, signature, constexprs=constants),
-                                   target=target)
+                    binary = triton.compile(ASTSource(kernel, signature, constexprs=constants),
+                                            target=target)
+                    _check_atomics_are_relaxed(binary.asm["ptx"])
+                    _check_output_offsets_are_64_bit(binary.asm["ttir"])
+
+
+def _check_atomics_are_relaxed(ptx: str) -> None:
+    """A sum needs no memory ordering: every atomic add is relaxed, as torchvision's atomicAdd
+    (Triton's default, acq_rel, compiles to atom.global.gpu.acq_rel.add)."""
+    atomics = set(re.findall(r"\b(?:atom|red)\.[a-z0-9.]+", ptx))
+    assert all(".relaxed." in atomic for atomic in atomics), atomics
+
+
+def _check_output_offsets_are_64_bit(ttir: str) -> None:
+    """Each RoI's offset into the output (and its argmax and gradient) is added in 64 bits: with
+    32, K x C x P x Q >= 2^31 (42,800 RoIs of 256 x 14 x 14) would wrap around and write
+    elsewhere, silently. (Too large to run here: 8.6 GB of float32 output.)"""
+    offsets = re.findall(r"tt\.addptr %(?:output_ptr|argmax_ptr|grad_output_ptr)\b[^:]*: "
+                         r"!tt\.ptr<\w+>, (\w+)", ttir)
+    assert all(width == "i64" for width in offsets), offsets

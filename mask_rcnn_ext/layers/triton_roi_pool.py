@@ -69,11 +69,13 @@ def _corners(y, x, height, width):
 @triton.jit
 def _accumulate(grad_ptr, offsets, value, mask, scale, DETERMINISTIC: tl.constexpr):
     """grad[offsets] += value: float atomics, or int64 fixed point when deterministic."""
+    # A sum needs no memory ordering: relaxed atomics, as torchvision's atomicAdd (Triton's
+    # default, acq_rel, orders every add against all other memory traffic).
     if DETERMINISTIC:
         fixed = tl.floor(value.to(tl.float64) * scale + 0.5).to(tl.int64)
-        tl.atomic_add(grad_ptr + offsets, fixed, mask=mask)
+        tl.atomic_add(grad_ptr + offsets, fixed, mask=mask, sem="relaxed")
     else:
-        tl.atomic_add(grad_ptr + offsets, value, mask=mask)
+        tl.atomic_add(grad_ptr + offsets, value, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -85,8 +87,9 @@ def _sample_position(start, bin_size, bins, sample, grid, low, high):
 
 @triton.jit
 def _program_outputs(channels, pooled_h, pooled_w, BLOCK: tl.constexpr):
-    """This program's RoI and block of its (channel, bin_y, bin_x) outputs."""
-    roi = tl.program_id(0)
+    """This program's RoI and block of its (channel, bin_y, bin_x) outputs. The RoI index is
+    64-bit: an output offset ``roi * per_roi`` passes 2^31 from 42,800 RoIs of 256 x 14 x 14."""
+    roi = tl.program_id(0).to(tl.int64)
     offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     per_roi = channels * pooled_h * pooled_w
     channel = offsets // (pooled_h * pooled_w)
@@ -139,7 +142,8 @@ def _bilinear_forward(features_ptr, geometry_ptr, counts_ptr, output_ptr, argmax
             if MODE == 0:
                 result += value
             else:
-                better = value > result
+                # NaN wins and stays, as torch.max (the CPU op's maximum) propagates it.
+                better = (value > result) | ((value != value) & (result == result))
                 result = tl.where(better, value, result)
                 winner = tl.where(better, sample_y * grid_w + sample_x, winner)
     if MODE == 0:
@@ -224,9 +228,11 @@ def _precise_pool(features_ptr, grad_output_ptr, geometry_ptr, counts_ptr, outpu
     bottom = top + bin_h
     left = start_x + bin_x * bin_w
     right = left + bin_w
-    # Bins of zero area give 0 (as the paper's implementation).
-    area = bin_h * bin_w
-    per_area = tl.where(area > 0, 1.0 / tl.where(area > 0, area, 1.0), 0.0)
+    # A bin of zero or negative length on either axis gives 0, each axis on its own, as
+    # traceable.integrated_bin_weights (a box inverted on both axes has a positive "area").
+    per_height = tl.where(bin_h > 0, 1.0 / tl.where(bin_h > 0, bin_h, 1.0), 0.0)
+    per_width = tl.where(bin_w > 0, 1.0 / tl.where(bin_w > 0, bin_w, 1.0), 0.0)
+    per_area = per_height * per_width
     first_row = tl.floor(top).to(tl.int32)
     first_column = tl.floor(left).to(tl.int32)
     if BACKWARD:
