@@ -94,3 +94,21 @@ def test_amp_training_with_our_heads(pooler_type, tiny_coco_dataset, tmp_path):
     assert all(torch.isfinite(torch.tensor(value)) for name, (value, _) in losses.items()
                if name.startswith("loss"))
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("pooler_type", TYPES)
+def test_pooling_on_a_device_that_is_not_the_current_one(pooler_type):
+    """Features on cuda:1 while cuda:0 is current: the kernels launch on the features' device."""
+    features, boxes = _cuda_inputs()
+    pooler = ROIPooler(7, SCALES, 0, pooler_type)
+    grad = torch.randn(80, 8, 7, 7, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    expected = pooler(features, boxes)
+    expected_grad = torch.autograd.grad(expected, features, grad)
+    other = [f.detach().to("cuda:1").requires_grad_(True) for f in features]
+    with torch.cuda.device(0):
+        pooled = pooler(other, [Boxes(b.tensor.to("cuda:1")) for b in boxes])
+        pooled_grad = torch.autograd.grad(pooled, other, grad.to("cuda:1"))
+    torch.testing.assert_close(pooled.to("cuda:0"), expected, atol=1e-6, rtol=1e-6)
+    for ours, theirs in zip(pooled_grad, expected_grad, strict=True):
+        torch.testing.assert_close(ours.to("cuda:0"), theirs, atol=1e-5, rtol=1e-5)

@@ -237,3 +237,21 @@ def test_batch_indices_that_are_not_an_image_are_refused(pooler_type, index):
 def test_features_without_channels_give_an_empty_output(pooler_type):
     output = _op(pooler_type)(torch.zeros(2, 0, 10, 13, dtype=torch.float64), BOXES)
     assert output.shape == (len(BOXES), 0, *OUTPUT_SIZE)
+
+
+def test_roi_pool_gradient_added_by_index_put_equals_torchvisions():
+    """RoIPool's deterministic backward (for CUDA, where torchvision's refuses
+    ``use_deterministic_algorithms``), run here on CPU: the forward is torchvision's, and the
+    gradient, added at the maxima's pixels by index_put_, equals torchvision's own."""
+    from torchvision.ops import roi_pool as torchvision_roi_pool
+
+    from mask_rcnn_ext.layers.roi_pool import _DeterministicRoIPool
+
+    features = _features(torch.float64).requires_grad_(True)
+    ours = _DeterministicRoIPool.apply(features, BOXES, OUTPUT_SIZE, SCALE)
+    reference = torchvision_roi_pool(features, BOXES, OUTPUT_SIZE, SCALE)
+    torch.testing.assert_close(ours, _reference("ROIPool", torch.float64), atol=0, rtol=0)
+    grad = torch.randn(ours.shape, generator=torch.Generator().manual_seed(3),
+                       dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(ours, features, grad)[0],
+                               torch.autograd.grad(reference, features, grad)[0], atol=0, rtol=0)

@@ -302,3 +302,50 @@ def _check_output_offsets_are_64_bit(ttir: str) -> None:
     offsets = re.findall(r"tt\.addptr %(?:output_ptr|argmax_ptr|grad_output_ptr)\b[^:]*: "
                          r"!tt\.ptr<\w+>, (\w+)", ttir)
     assert all(width == "i64" for width in offsets), offsets
+
+
+def test_every_launch_enters_the_features_device(kernels, monkeypatch):
+    """Triton launches on the current CUDA device: each launch (forward and backward, every
+    kernel) enters the features' device first, which makes it current."""
+    entered = []
+    guard = kernels._device_guard
+    monkeypatch.setattr(kernels, "_device_guard",
+                        lambda device: entered.append(device) or guard(device))
+    features = _features().requires_grad_(True)
+    for pool in POOLS.values():
+        _gradient(pool(kernels, features, BOXES), features)
+    assert entered == [features.device] * 2 * len(POOLS)
+    # On CUDA, entering is torch.cuda.device's (built here without a GPU: nothing is entered).
+    second = guard(torch.device("cuda", 1))
+    assert isinstance(second, torch.cuda.device) and second.idx == 1
+
+
+_CONVERSION_PEAK = """
+import resource, torch
+from mask_rcnn_ext.layers import triton_roi_pool as kernels
+
+torch.use_deterministic_algorithms(True)
+shape = torch.Size((1, 64, 1024, 1024))
+gradient = kernels._GradientBuffer(torch.ones(4, 64, 7, 7), shape, torch.float32)
+gradient.buffer.random_(-2**40, 2**40)  # every page touched, as the kernels' additions do
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = gradient.result(torch.float32)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+expected = gradient.buffer.double() / gradient.scale
+assert torch.equal(result, expected.float())
+print((after - before) * 1024 / shape.numel())
+"""
+
+
+def test_deterministic_gradient_is_converted_without_feature_sized_float64_copies():
+    """Converting the int64 fixed-point gradient allocates its float32 result and O(block)
+    temporaries: the peak grows by ~4 bytes per feature value (float64 copies of the whole
+    buffer, as before, made it ~16)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _CONVERSION_PEAK], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    grown_per_value = float(result.stdout.strip().splitlines()[-1])
+    assert grown_per_value < 6, grown_per_value

@@ -37,7 +37,8 @@ Why:
   opset >= 16 for ``aligned``). The others run :mod:`.traceable`, one padded batch of windows
   whose sizes are tensors (the eager ops split their work by box values, which a trace would
   freeze). TorchScript cannot compile this dispatch, so the ops' modules pick that formulation
-  themselves when scripted (``torch.jit.is_scripting()``); RoIPool is torchvision's everywhere.
+  themselves when scripted (``torch.jit.is_scripting()``); RoIPool is torchvision's everywhere
+  (deterministic on CUDA: its gradient added by ``index_put_``, see :mod:`.roi_pool`).
 
 :func:`forced` overrides the choice (benchmarks compare implementations with it).
 """

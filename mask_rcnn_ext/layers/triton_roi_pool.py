@@ -22,7 +22,8 @@ associative, so the result is bit-identical in every run, whatever the order. Th
 of two chosen from the sum of |grad_output| (which bounds every partial sum, because each output's
 weights add up to at most 1), so no sum overflows; a float32 contribution is represented exactly
 unless it is below 2^-62 of that sum. The cost: a float64 multiply per contribution, 64-bit
-instead of 32-bit atomics, and an int64 buffer the size of the features.
+instead of 32-bit atomics, and an int64 buffer the size of the features, converted to the
+gradient a block at a time (float64 temporaries of 32 MiB at most).
 
 This module imports Triton; :mod:`.backends` imports it only when a CUDA tensor needs it. Under
 ``TRITON_INTERPRET=1`` (set before import) the kernels run on CPU tensors, which is how CI tests
@@ -31,6 +32,7 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -44,6 +46,8 @@ _BLOCK = 256
 _AVG, _MAX = 0, 1
 # Fixed-point headroom: the sum of |contributions| stays below 2**_FIXED_POINT_BITS < 2**63.
 _FIXED_POINT_BITS = 62
+# Values converted from fixed point at a time (32 MiB of float64 temporaries).
+_CONVERSION_BLOCK = 1 << 22
 
 
 @triton.jit
@@ -265,8 +269,18 @@ def _compute_dtype(features: Tensor) -> torch.dtype:
     return torch.float64 if features.dtype == torch.float64 else torch.float32
 
 
-def _launch_grid(num_rois: int, per_roi: int) -> tuple[int, int]:
-    return (num_rois, triton.cdiv(per_roi, _BLOCK))
+def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """``device`` made the current CUDA device while active: Triton launches on the current one,
+    which need not be the tensors' (a model on cuda:1 while cuda:0 is current would pool the
+    wrong memory, or fail)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch(kernel, device: torch.device, num_rois: int, per_roi: int, *args,
+            **constants) -> None:
+    """``kernel`` on ``device``, one program per RoI and block of its ``per_roi`` outputs."""
+    with _device_guard(device):
+        kernel[(num_rois, triton.cdiv(per_roi, _BLOCK))](*args, **constants, BLOCK=_BLOCK)
 
 
 class _GradientBuffer:
@@ -287,12 +301,18 @@ class _GradientBuffer:
             self.buffer = torch.zeros(shape, dtype=compute, device=grad_output.device)
 
     def result(self, dtype: torch.dtype) -> Tensor:
+        """The gradient in ``dtype``. From fixed point, it is converted a block of
+        ``_CONVERSION_BLOCK`` values at a time: temporaries of one block in float64, not float64
+        copies of the whole features (6.6 GB for one P2 level of 16 x 256 x 200 x 336)."""
         if not self.deterministic:
             return self.buffer.to(dtype)
-        grad = self.buffer.to(torch.float64) / self.scale
+        grad = torch.empty(self.buffer.shape, dtype=dtype, device=self.buffer.device)
+        fixed, converted = self.buffer.view(-1), grad.view(-1)
+        for start in range(0, fixed.numel(), _CONVERSION_BLOCK):
+            block = slice(start, start + _CONVERSION_BLOCK)
+            converted[block] = fixed[block].to(torch.float64) / self.scale
         # Non-finite gradients have no fixed-point form: they make the whole gradient NaN.
-        grad = torch.where(self.bound.isfinite(), grad, math.nan)
-        return grad.to(dtype)
+        return grad.masked_fill_(~self.bound.isfinite(), math.nan)
 
 
 class _BilinearPool(torch.autograd.Function):
@@ -305,9 +325,9 @@ class _BilinearPool(torch.autograd.Function):
         argmax = (torch.empty(output.shape, dtype=torch.int32, device=features.device)
                   if mode == _MAX else output)
         if output.numel():
-            _bilinear_forward[_launch_grid(geometry.shape[0], output[0].numel())](
-                features, geometry, counts, output, argmax, channels, height, width, *pooled,
-                MODE=mode, BLOCK=_BLOCK)
+            _launch(_bilinear_forward, features.device, geometry.shape[0], output[0].numel(),
+                    features, geometry, counts, output, argmax, channels, height, width, *pooled,
+                    MODE=mode)
         ctx.save_for_backward(geometry, counts, argmax if mode == _MAX else None)
         ctx.shape, ctx.dtype, ctx.pooled, ctx.mode = features.shape, features.dtype, pooled, mode
         return output
@@ -319,10 +339,11 @@ class _BilinearPool(torch.autograd.Function):
         _, channels, height, width = ctx.shape
         gradient = _GradientBuffer(grad_output, ctx.shape, geometry.dtype)
         if grad_output.numel():
-            _bilinear_backward[_launch_grid(geometry.shape[0], grad_output[0].numel())](
-                grad_output, geometry, counts, argmax if argmax is not None else grad_output,
-                gradient.buffer, gradient.scale, channels, height, width, *ctx.pooled,
-                MODE=ctx.mode, DETERMINISTIC=gradient.deterministic, BLOCK=_BLOCK)
+            _launch(_bilinear_backward, grad_output.device, geometry.shape[0],
+                    grad_output[0].numel(), grad_output, geometry, counts,
+                    argmax if argmax is not None else grad_output, gradient.buffer,
+                    gradient.scale, channels, height, width, *ctx.pooled, MODE=ctx.mode,
+                    DETERMINISTIC=gradient.deterministic)
         return gradient.result(ctx.dtype), None, None, None, None
 
 
@@ -334,9 +355,9 @@ class _PrecisePool(torch.autograd.Function):
         _, channels, height, width = features.shape
         output = features.new_empty((geometry.shape[0], channels, *pooled))
         if output.numel():
-            _precise_pool[_launch_grid(geometry.shape[0], output[0].numel())](
-                features, output, geometry, counts, output, output, geometry, channels, height,
-                width, *pooled, BACKWARD=False, DETERMINISTIC=False, BLOCK=_BLOCK)
+            _launch(_precise_pool, features.device, geometry.shape[0], output[0].numel(),
+                    features, output, geometry, counts, output, output, geometry, channels,
+                    height, width, *pooled, BACKWARD=False, DETERMINISTIC=False)
         ctx.save_for_backward(geometry, counts)
         ctx.shape, ctx.dtype, ctx.pooled = features.shape, features.dtype, pooled
         return output
@@ -348,10 +369,10 @@ class _PrecisePool(torch.autograd.Function):
         _, channels, height, width = ctx.shape
         gradient = _GradientBuffer(grad_output, ctx.shape, geometry.dtype)
         if grad_output.numel():
-            _precise_pool[_launch_grid(geometry.shape[0], grad_output[0].numel())](
-                grad_output, grad_output, geometry, counts, grad_output, gradient.buffer,
-                gradient.scale, channels, height, width, *ctx.pooled, BACKWARD=True,
-                DETERMINISTIC=gradient.deterministic, BLOCK=_BLOCK)
+            _launch(_precise_pool, grad_output.device, geometry.shape[0], grad_output[0].numel(),
+                    grad_output, grad_output, geometry, counts, grad_output, gradient.buffer,
+                    gradient.scale, channels, height, width, *ctx.pooled, BACKWARD=True,
+                    DETERMINISTIC=gradient.deterministic)
         return gradient.result(ctx.dtype), None, None, None
 
 
