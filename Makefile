@@ -81,9 +81,17 @@ ablation: setup
 	@test -f $(SMALL_SET) || $(PY) datasets/prepare_synthetic.py --set synthetic_small
 	$(PY) -m benchmarks.ablation
 
+.PHONY: gpu-bundle
+# The wheels that benchmarks/gpu_check.sh installs, offline, on a GPU machine that reaches no
+# package registry (the device tool's: `bash benchmarks/gpu_check.sh`, carrying gpu_bundle):
+# gpu_bundle/, ignored by git, under the tool's 64 MiB (about 19 MiB).
+gpu-bundle: setup
+	$(PY) -m benchmarks.gpu_bundle --output gpu_bundle
+
 .PHONY: bench-gpu
-# On a machine with a CUDA GPU (never in CI): the CUDA tests, then RoI pooling, a training step
-# and inference against stock Detectron2 on the GPU; results in benchmarks/results/cuda/.
+# On a machine with a CUDA GPU and this set-up (never in CI): the CUDA tests, then RoI pooling, a
+# training step and inference against stock Detectron2 on the GPU; results in
+# benchmarks/results/cuda/.
 GPU_RESULTS := benchmarks/results/cuda
 bench-gpu: setup
 	$(PY) -c "import torch; assert torch.cuda.is_available(), 'make bench-gpu needs a CUDA GPU'"

@@ -70,8 +70,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_from_registry(workdir: Path) -> None:
-    """Download, verify, patch and install the pinned sdist."""
+def patched_sources(workdir: Path) -> Path:
+    """Download and verify the pinned sdist into ``workdir``, unpack it and apply the fixes;
+    returns its source root."""
     requirements = workdir / "sdist-requirements.txt"
     requirements.write_text(f"{SDIST.requirement} --hash=sha256:{SDIST.sha256}\n")
     # pip verifies the hash before it runs the sdist's setup.py (which imports torch, hence no
@@ -86,9 +87,29 @@ def build_from_registry(workdir: Path) -> None:
     (source_root,) = (workdir / "src").iterdir()
     for name in apply_fixes(source_root):
         print(f"applied fix: {name}", flush=True)
-    env = dict(os.environ, D2_VERSION_SUFFIX=COMPAT_VERSION_SUFFIX)
+    return source_root
+
+
+def build_from_registry(workdir: Path) -> None:
+    """Download, verify, patch and install the pinned sdist."""
+    source_root = patched_sources(workdir)
     # Dependencies are pinned in the project's requirements.txt, installed before this step.
-    _pip("install", "--no-deps", "--no-build-isolation", str(source_root), env=env)
+    _pip("install", "--no-deps", "--no-build-isolation", str(source_root), env=_build_env())
+
+
+def build_wheel(workdir: Path, destination: Path) -> Path:
+    """The patched sdist as a wheel in ``destination`` (pure Python: its ``detectron2._C`` is
+    the compat layer's, so it installs on any Python 3 with PyTorch); returns its path."""
+    source_root = patched_sources(workdir)
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(destination),
+         str(source_root), env=_build_env())
+    distribution = SDIST.requirement.split("==")[0].replace("-", "_")
+    (wheel,) = destination.glob(f"{distribution}-*.whl")
+    return wheel
+
+
+def _build_env() -> dict:
+    return dict(os.environ, D2_VERSION_SUFFIX=COMPAT_VERSION_SUFFIX)
 
 
 def main(argv: list[str] | None = None) -> int:
