@@ -18,9 +18,7 @@ from torchvision.ops import roi_align as torchvision_roi_align
 
 import reference_ops
 from mask_rcnn_ext import layers
-from mask_rcnn_ext.layers._utils import as_rois
-from mask_rcnn_ext.layers.roi_warp import quantised_crop_extent
-from mask_rcnn_ext.layers.traceable import scaled_boxes
+from mask_rcnn_ext.layers.rules import quantised_crop_extent, scaled_boxes, validated_rois
 
 KERNELS = Path(layers.__file__).parent / "triton_roi_pool.py"
 OUTPUT = (3, 4)
@@ -63,19 +61,19 @@ BOXES = torch.tensor([
 
 
 def _align(kernels, features, boxes, sampling_ratio, aligned, mode):
-    rois = as_rois(boxes, features)
+    rois = validated_rois(boxes, features)
     start, extent = scaled_boxes(rois, 0.5, aligned, legacy_min_size=True)
     return kernels.roi_align_triton(features, rois, OUTPUT, start, extent, sampling_ratio, mode)
 
 
 def _precise(kernels, features, boxes, aligned):
-    rois = as_rois(boxes, features)
+    rois = validated_rois(boxes, features)
     start, extent = scaled_boxes(rois, 0.5, aligned, legacy_min_size=False)
     return kernels.precise_roi_pool_triton(features, rois, OUTPUT, start, extent)
 
 
 def _warp(kernels, features, boxes):
-    rois = as_rois(boxes, features)
+    rois = validated_rois(boxes, features)
     height, width = features.shape[-2:]
     scaled = rois[:, 1:] * 0.5
     start_y, length_y = quantised_crop_extent(scaled[:, 1], scaled[:, 3], height)

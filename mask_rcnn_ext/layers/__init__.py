@@ -2,8 +2,10 @@
 
 Each op has a CPU and a CUDA implementation, chosen in one place (:mod:`.backends`, with the
 reasons): the separable core (:mod:`.separable`) on CPU, torchvision's kernel or our Triton kernels
-(:mod:`.triton_roi_pool`) on CUDA. Box coordinates and interpolation weights are float32 whatever
-the features' dtype, also under autocast; the output has the features' dtype.
+(:mod:`.triton_roi_pool`) on CUDA. The rules they all follow (RoI format and checks, box scaling,
+sample positions, interpolation weights) are written once, in :mod:`.rules`. Box coordinates and
+interpolation weights are float32 whatever the features' dtype, also under autocast; the output
+has the features' dtype.
 
 Export: while traced or scripted, every op runs a formulation that generalises to any boxes and
 map size and maps to standard ONNX operators (:mod:`.traceable`; torchvision's ops for average

@@ -54,8 +54,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["Backend", "COMPUTATIONS", "choose_backend", "forced", "compute_dtype",
-           "full_precision", "triton_ops"]
+__all__ = ["Backend", "COMPUTATIONS", "choose_backend", "forced", "triton_ops"]
 
 
 class Backend(str, enum.Enum):
@@ -69,19 +68,6 @@ COMPUTATIONS = ("roi_align_avg", "roi_align_max", "precise_roi_pool", "roi_warp"
 _TRACED = {"roi_align_avg": Backend.TORCHVISION, "roi_align_max": Backend.TRACEABLE,
            "precise_roi_pool": Backend.TRACEABLE, "roi_warp": Backend.TRACEABLE}
 _forced: Backend | None = None
-
-
-def compute_dtype(features: Tensor) -> torch.dtype:
-    """The dtype of box coordinates and interpolation weights: float32, or float64 for float64
-    features (never float16/bfloat16, whose rounding would move boxes by whole pixels)."""
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
-
-
-def full_precision(features: Tensor) -> contextlib.AbstractContextManager:
-    """Autocast off for the op's own arithmetic (it picks its dtypes itself, see
-    :func:`compute_dtype`); the output has the features' dtype, as torchvision's ops under
-    autocast."""
-    return torch.autocast(features.device.type, enabled=False)
 
 
 def triton_ops() -> ModuleType:

@@ -23,10 +23,16 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from . import traceable
-from ._utils import as_rois, checked_rois
-from .backends import Backend, choose_backend, full_precision, triton_ops
+from .backends import Backend, choose_backend, triton_ops
+from .rules import (
+    checked_rois,
+    full_precision,
+    integrated_bin_weights,
+    rois_from_boxes,
+    scaled_boxes,
+    validated_rois,
+)
 from .separable import AxisWeights, pool_separable, window_pixels
-from .traceable import integrated_bin_weights, scaled_boxes
 
 __all__ = ["precise_roi_pool", "PreciseROIPool"]
 
@@ -76,7 +82,7 @@ def precise_roi_pool(
         (K, C, P, Q): each bin's mean of the interpolated feature.
     """
     pooled_h, pooled_w = _pair(output_size)
-    rois = as_rois(boxes, input)
+    rois = validated_rois(boxes, input)
     backend = choose_backend("precise_roi_pool", input, boxes_need_grad=rois.requires_grad)
     if backend is Backend.TRACEABLE:
         return traceable.precise_roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale,
@@ -109,7 +115,7 @@ class PreciseROIPool(nn.Module):
     def forward(self, input: Tensor,
                 boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
         if torch.jit.is_scripting():  # TorchScript cannot compile the dispatch (see .backends)
-            return traceable.precise_roi_pool(input, traceable.as_rois(boxes, input),
+            return traceable.precise_roi_pool(input, rois_from_boxes(boxes, input),
                                               self.output_size, self.spatial_scale, self.aligned)
         return precise_roi_pool(input, boxes, self.output_size, self.spatial_scale, self.aligned)
 

@@ -33,10 +33,18 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_align as torchvision_roi_align
 
 from . import traceable
-from ._utils import as_rois, checked_rois
-from .backends import Backend, choose_backend, compute_dtype, full_precision, triton_ops
+from .backends import Backend, choose_backend, triton_ops
+from .rules import (
+    bilinear_sample_positions,
+    bilinear_sample_weights,
+    checked_rois,
+    compute_dtype,
+    full_precision,
+    rois_from_boxes,
+    scaled_boxes,
+    validated_rois,
+)
 from .separable import AxisWeights, pool_separable, window_columns, window_pixels
-from .traceable import bilinear_sample_positions, bilinear_sample_weights, scaled_boxes
 
 __all__ = ["roi_align", "ROIAlign"]
 
@@ -180,7 +188,7 @@ def roi_align(
     if mode not in _MODES:
         raise ValueError(f"roi_align: mode must be one of {_MODES}, got {mode!r}")
     pooled_h, pooled_w = _pair(output_size)
-    rois = as_rois(boxes, input).detach()
+    rois = validated_rois(boxes, input).detach()
     backend = choose_backend(f"roi_align_{mode}", input)
     if backend is Backend.TORCHVISION:
         if mode != "avg":
@@ -226,7 +234,7 @@ class ROIAlign(nn.Module):
     def forward(self, input: Tensor,
                 boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
         if torch.jit.is_scripting():  # TorchScript cannot compile the dispatch (see .backends)
-            return traceable.roi_align(input, traceable.as_rois(boxes, input), self.output_size,
+            return traceable.roi_align(input, rois_from_boxes(boxes, input), self.output_size,
                                        self.spatial_scale, self.sampling_ratio, self.aligned,
                                        self.mode)
         return roi_align(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio,

@@ -20,8 +20,8 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
 from . import traceable
-from ._utils import ScaledRoIModule, as_rois, checked_rois
-from .backends import full_precision
+from ._utils import ScaledRoIModule
+from .rules import checked_rois, full_precision, validated_rois
 
 __all__ = ["roi_pool", "ROIPool"]
 
@@ -64,7 +64,7 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tup
         output_size: (P, Q), or one int for both.
         spatial_scale: feature-map pixels per image pixel.
     """
-    rois = as_rois(boxes, input)
+    rois = validated_rois(boxes, input)
     features = input.to(rois.dtype)
     with full_precision(input):
         if features.is_cuda and features.requires_grad and (

@@ -16,10 +16,16 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from . import traceable
-from ._utils import ScaledRoIModule, as_rois, checked_rois
-from .backends import Backend, choose_backend, full_precision, triton_ops
+from ._utils import ScaledRoIModule
+from .backends import Backend, choose_backend, triton_ops
+from .rules import (
+    checked_rois,
+    full_precision,
+    quantised_crop_extent,
+    resized_crop_weights,
+    validated_rois,
+)
 from .separable import AxisWeights, pool_separable, window_pixels
-from .traceable import quantised_crop, resized_crop_weights
 
 __all__ = ["roi_warp", "ROIWarp"]
 
@@ -33,12 +39,6 @@ class ResizedCrop(AxisWeights):
     def matrix(self, rows: Tensor, length: int) -> Tensor:
         offsets = window_pixels(torch.zeros_like(rows), length, self.dtype)
         return resized_crop_weights(self.length[rows], self.pooled, offsets)
-
-
-def quantised_crop_extent(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """:func:`.traceable.quantised_crop` as (K,) int64 first pixels and lengths."""
-    first, last = quantised_crop(low, high, size)
-    return first.long(), (last - first).long() + 1
 
 
 @checked_rois
@@ -58,7 +58,7 @@ def roi_warp(
         spatial_scale: feature-map pixels per image pixel.
     """
     pooled_h, pooled_w = _pair(output_size)
-    rois = as_rois(boxes, input).detach()
+    rois = validated_rois(boxes, input).detach()
     backend = choose_backend("roi_warp", input)
     if backend is Backend.TRACEABLE:
         return traceable.roi_warp(input, rois, (pooled_h, pooled_w), spatial_scale)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["AxisWeights", "hat", "pool_separable", "window_columns", "window_pixels"]
+__all__ = ["AxisWeights", "pool_separable", "window_columns", "window_pixels"]
 
 # Upper bound on the gathered window values of one chunk (floats): bounds temporary memory.
 # Kept well under glibc's largest mmap threshold (32 MB), so that chunk temporaries are reused
@@ -42,11 +42,6 @@ _DIRECT_GATHER_FRACTION = 1.0
 _PADDING = 0.5
 # Pixels per block when transposing a gradient back to NCHW on CPU (measured best of 64-1024).
 _TRANSPOSE_BLOCK = 256
-
-
-def hat(t: Tensor) -> Tensor:
-    """The linear-interpolation kernel max(0, 1 - |t|)."""
-    return (1 - t.abs()).clamp(min=0)
 
 
 def window_pixels(start: Tensor, length: int, dtype: torch.dtype) -> Tensor:

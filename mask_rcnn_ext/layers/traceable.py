@@ -7,8 +7,8 @@ tensor, so one trace is right for any boxes, any number of them and any feature-
 
     out[k] = Wy[k] @ F[b_k, window_k] @ Wx[k].T
 
-with (K, R, L) weight matrices over the padded windows, built by the same weight formulas as the
-eager ops (they are defined here and used there too). In ONNX this is Range, Gather, MatMul,
+with (K, R, L) weight matrices over the padded windows, built by the same rules as the eager ops
+(:mod:`.rules`). In ONNX this is Range, Gather, MatMul,
 ReduceMax and elementwise operators only. Average RoIAlign and RoIPool use torchvision's ops,
 which trace, script and export to ONNX's ``RoiAlign`` / ``MaxRoiPool``.
 
@@ -18,120 +18,25 @@ models run. Written for TorchScript: typing's ``Union`` (TorchScript reads no ``
 annotations), no Python values computed from tensor data.
 """
 
-from typing import Union
 
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
-from .backends import compute_dtype
-from .separable import hat
+from .rules import (
+    bilinear_sample_positions,
+    bilinear_sample_weights,
+    integrated_bin_weights,
+    quantised_crop,
+    resized_crop_weights,
+    scaled_boxes,
+)
 
-__all__ = [
-    "as_rois",
-    "bilinear_sample_positions",
-    "bilinear_sample_weights",
-    "hat_integral",
-    "integrated_bin_weights",
-    "precise_roi_pool",
-    "quantised_crop",
-    "resized_crop_weights",
-    "roi_align",
-    "roi_pool",
-    "roi_warp",
-    "scaled_boxes",
-]
-
-
-# The weight formulas, shared with the eager ops' axis weights.
-
-
-def bilinear_sample_positions(roi_start: Tensor, roi_length: Tensor, pooled: int, grid: Tensor,
-                              steps: Tensor) -> Tensor:
-    """RoIAlign's sample coordinates along one axis -> (K, P, S).
-
-    Args:
-        roi_start, roi_length: (K,) the RoI along the axis, in feature pixels.
-        pooled: P bins.
-        grid: (K,) samples per bin (>= 1 where used).
-        steps: (S,) sample slots; an RoI with fewer samples than slots repeats its own
-            (slot s holds sample s mod grid), so that every slot holds a real sample.
-    """
-    bin_size = (roi_length / pooled)[:, None, None]
-    bins = torch.arange(pooled, device=roi_start.device, dtype=roi_start.dtype)
-    grid = grid[:, None, None].to(roi_start.dtype)
-    sample = torch.remainder(steps[None, None, :].to(roi_start.dtype), grid)
-    # The reference kernels' arithmetic order: start + p * bin + (s + .5) * bin / grid.
-    return (roi_start[:, None, None] + bins[None, :, None] * bin_size
-            + (sample + 0.5) * bin_size / grid)
-
-
-def bilinear_sample_weights(position: Tensor, valid: Tensor, size: int, pixels: Tensor) -> Tensor:
-    """Linear-interpolation weight of each pixel for each sample: (K, P, S) positions, (K, L)
-    pixel coordinates -> (K, P, S, L). A sample outside [-1, size] (``valid`` False) weighs
-    nothing; one within a pixel of the map is clamped onto it, as the reference kernels do."""
-    weights = hat(position.clamp(0, size - 1)[..., None] - pixels[:, None, None, :])
-    return weights * valid[..., None]
-
-
-def hat_integral(t: Tensor) -> Tensor:
-    """The antiderivative of hat(s) = max(0, 1 - |s|), from -inf to t."""
-    t = t.clamp(-1, 1)
-    return torch.where(t < 0, (t + 1) ** 2 / 2, 1 - (1 - t) ** 2 / 2)
-
-
-def integrated_bin_weights(roi_start: Tensor, roi_length: Tensor, pooled: int,
-                           pixels: Tensor) -> Tensor:
-    """Precise RoI pooling's weights along one axis: per bin, the integral of each pixel's
-    interpolation kernel over the bin, per unit length; 0 for bins of zero length.
-    (K,) RoIs, (K, L) pixel coordinates -> (K, P, L)."""
-    bins = torch.arange(pooled + 1, device=roi_start.device, dtype=roi_start.dtype)
-    bin_size = roi_length[:, None] / pooled
-    edges = roi_start[:, None] + bins[None] * bin_size  # (K, P + 1)
-    cumulative = hat_integral(edges[:, :, None] - pixels[:, None, :])  # (K, P + 1, L)
-    integral = cumulative[:, 1:] - cumulative[:, :-1]
-    per_length = torch.where(bin_size > 0, bin_size, torch.ones_like(bin_size))
-    return torch.where(bin_size[..., None] > 0, integral / per_length[..., None], 0.0)
-
-
-def resized_crop_weights(crop_length: Tensor, pooled: int, offsets: Tensor) -> Tensor:
-    """RoIWarp's bilinear resize (``align_corners=False``) of crops of ``crop_length`` (K,) pixels
-    to ``pooled`` samples, over pixel ``offsets`` (K, L) from each crop's start -> (K, P, L)."""
-    crop = crop_length[:, None].to(offsets.dtype)
-    outputs = torch.arange(pooled, device=offsets.device, dtype=offsets.dtype)
-    source = ((outputs[None] + 0.5) * crop / pooled - 0.5).clamp(min=0)
-    source = torch.minimum(source, crop - 1)  # (K, P), in crop pixels
-    return hat(source[:, :, None] - offsets[:, None, :])
-
-
-def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,
-                 legacy_min_size: bool) -> tuple[Tensor, Tensor]:
-    """(x, y) start and extent (K, 2) of each RoI in feature pixels: scaled, shifted by -0.5 if
-    ``aligned``; with ``legacy_min_size`` (unaligned RoIAlign) extents are at least 1 pixel."""
-    offset = 0.5 if aligned else 0.0
-    start = rois[:, 1:3] * spatial_scale - offset
-    extent = rois[:, 3:5] * spatial_scale - offset - start
-    if legacy_min_size and not aligned:
-        extent = extent.clamp(min=1.0)
-    return start, extent
+__all__ = ["precise_roi_pool", "roi_align", "roi_pool", "roi_warp"]
 
 
 # The traced formulation.
-
-
-def as_rois(boxes: Union[Tensor, list[Tensor]], features: Tensor) -> Tensor:  # noqa: UP007
-    """(K, 5) RoIs (batch_index, x1, y1, x2, y2) in float32 (float64 for float64 features)."""
-    dtype = compute_dtype(features)
-    if isinstance(boxes, Tensor):
-        return boxes.to(device=features.device, dtype=dtype)
-    parts: list[Tensor] = []
-    for i, per_image in enumerate(boxes):
-        index = torch.full((per_image.shape[0], 1), i, dtype=dtype, device=features.device)
-        parts.append(torch.cat((index, per_image.to(device=features.device, dtype=dtype)), 1))
-    if len(parts) == 0:
-        return torch.zeros((0, 5), dtype=dtype, device=features.device)
-    return torch.cat(parts)
 
 
 def _windows(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -220,13 +125,6 @@ def precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
                  * (pixels_x < width)[:, None])
     pooled = _contract(input, rois[:, 0].long(), rows, weights_y, columns, weights_x)
     return pooled.permute(0, 3, 2, 1).to(input.dtype)
-
-
-def quantised_crop(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """RoIWarp's quantisation: RoI edges (K,) in feature pixels rounded to the
-    nearest pixel (halves up) and clamped onto the map -> first and last pixel of each crop."""
-    first = torch.floor(low + 0.5).clamp(0, size - 1)
-    return first, torch.maximum(torch.floor(high + 0.5).clamp(0, size - 1), first)
 
 
 def _crop_axis(low: Tensor, high: Tensor, pooled: int, size: int) -> tuple[Tensor, Tensor]:

@@ -40,6 +40,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .rules import compute_dtype
+
 __all__ = ["roi_align_triton", "roi_warp_triton", "precise_roi_pool_triton"]
 
 _BLOCK = 256
@@ -265,10 +267,6 @@ def _precise_pool(features_ptr, grad_output_ptr, geometry_ptr, counts_ptr, outpu
                  (total * per_area).to(output_ptr.dtype.element_ty), mask=in_range)
 
 
-def _compute_dtype(features: Tensor) -> torch.dtype:
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
-
-
 def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
     """``device`` made the current CUDA device while active: Triton launches on the current one,
     which need not be the tensors' (a model on cuda:1 while cuda:0 is current would pool the
@@ -405,7 +403,7 @@ def roi_warp_triton(features: Tensor, rois: Tensor, output_size: tuple[int, int]
     """RoIWarp of the quantised crops ``start`` .. ``start + length - 1`` ((K, 2) int64, (x, y)):
     one sample per bin at (q + 0.5) * length / Q - 0.5 in the crop, clamped onto it."""
     pooled_h, pooled_w = output_size
-    dtype = _compute_dtype(features)
+    dtype = compute_dtype(features)
     start, length = start.to(dtype), length.to(dtype)
     bins = length / length.new_tensor([pooled_w, pooled_h])
     last = start + length - 1

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from mask_rcnn_ext import layers
-from mask_rcnn_ext.layers.backends import compute_dtype
+from mask_rcnn_ext.layers.rules import compute_dtype
 
 __all__ = ["POOLER_REGISTRY", "ROIPooler"]
 

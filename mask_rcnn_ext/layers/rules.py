@@ -1,0 +1,218 @@
+"""The rules of RoI pooling, each written once and followed by every implementation (the eager
+separable ops, the traced formulation, the Triton kernels' launch code): the RoI format and its
+checks, the dtype of box arithmetic, box scaling and quantisation, sample positions, and the
+interpolation weights and their integrals.
+
+Written for TorchScript too (the traced formulation is scripted): typing's ``Union``, no Python
+values computed from tensor data outside the eager-only checks. Where Triton's language forces a
+kernel to restate a rule, the kernel's comment names the function here that it mirrors.
+"""
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+__all__ = [
+    "bilinear_sample_positions",
+    "bilinear_sample_weights",
+    "checked_rois",
+    "compute_dtype",
+    "full_precision",
+    "hat",
+    "hat_integral",
+    "integrated_bin_weights",
+    "quantised_crop",
+    "quantised_crop_extent",
+    "resized_crop_weights",
+    "rois_from_boxes",
+    "scaled_boxes",
+    "validated_rois",
+]
+
+
+def compute_dtype(features: Tensor) -> torch.dtype:
+    """The dtype of box coordinates and interpolation weights: float32, or float64 for float64
+    features (never float16/bfloat16, whose rounding would move boxes by whole pixels)."""
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def full_precision(features: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off for the op's own arithmetic (it picks its dtypes itself, see
+    :func:`compute_dtype`); the output has the features' dtype, as torchvision's ops under
+    autocast."""
+    return torch.autocast(features.device.type, enabled=False)
+
+
+def hat(t: Tensor) -> Tensor:
+    """The linear-interpolation kernel max(0, 1 - |t|)."""
+    return (1 - t.abs()).clamp(min=0)
+
+
+def bilinear_sample_positions(roi_start: Tensor, roi_length: Tensor, pooled: int, grid: Tensor,
+                              steps: Tensor) -> Tensor:
+    """RoIAlign's sample coordinates along one axis -> (K, P, S).
+
+    Args:
+        roi_start, roi_length: (K,) the RoI along the axis, in feature pixels.
+        pooled: P bins.
+        grid: (K,) samples per bin (>= 1 where used).
+        steps: (S,) sample slots; an RoI with fewer samples than slots repeats its own
+            (slot s holds sample s mod grid), so that every slot holds a real sample.
+    """
+    bin_size = (roi_length / pooled)[:, None, None]
+    bins = torch.arange(pooled, device=roi_start.device, dtype=roi_start.dtype)
+    grid = grid[:, None, None].to(roi_start.dtype)
+    sample = torch.remainder(steps[None, None, :].to(roi_start.dtype), grid)
+    # The reference kernels' arithmetic order: start + p * bin + (s + .5) * bin / grid.
+    return (roi_start[:, None, None] + bins[None, :, None] * bin_size
+            + (sample + 0.5) * bin_size / grid)
+
+
+def bilinear_sample_weights(position: Tensor, valid: Tensor, size: int, pixels: Tensor) -> Tensor:
+    """Linear-interpolation weight of each pixel for each sample: (K, P, S) positions, (K, L)
+    pixel coordinates -> (K, P, S, L). A sample outside [-1, size] (``valid`` False) weighs
+    nothing; one within a pixel of the map is clamped onto it, as the reference kernels do."""
+    weights = hat(position.clamp(0, size - 1)[..., None] - pixels[:, None, None, :])
+    return weights * valid[..., None]
+
+
+def hat_integral(t: Tensor) -> Tensor:
+    """The antiderivative of hat(s) = max(0, 1 - |s|), from -inf to t."""
+    t = t.clamp(-1, 1)
+    return torch.where(t < 0, (t + 1) ** 2 / 2, 1 - (1 - t) ** 2 / 2)
+
+
+def integrated_bin_weights(roi_start: Tensor, roi_length: Tensor, pooled: int,
+                           pixels: Tensor) -> Tensor:
+    """Precise RoI pooling's weights along one axis: per bin, the integral of each pixel's
+    interpolation kernel over the bin, per unit length; 0 for bins of zero length.
+    (K,) RoIs, (K, L) pixel coordinates -> (K, P, L)."""
+    bins = torch.arange(pooled + 1, device=roi_start.device, dtype=roi_start.dtype)
+    bin_size = roi_length[:, None] / pooled
+    edges = roi_start[:, None] + bins[None] * bin_size  # (K, P + 1)
+    cumulative = hat_integral(edges[:, :, None] - pixels[:, None, :])  # (K, P + 1, L)
+    integral = cumulative[:, 1:] - cumulative[:, :-1]
+    per_length = torch.where(bin_size > 0, bin_size, torch.ones_like(bin_size))
+    return torch.where(bin_size[..., None] > 0, integral / per_length[..., None], 0.0)
+
+
+def resized_crop_weights(crop_length: Tensor, pooled: int, offsets: Tensor) -> Tensor:
+    """RoIWarp's bilinear resize (``align_corners=False``) of crops of ``crop_length`` (K,) pixels
+    to ``pooled`` samples, over pixel ``offsets`` (K, L) from each crop's start -> (K, P, L)."""
+    crop = crop_length[:, None].to(offsets.dtype)
+    outputs = torch.arange(pooled, device=offsets.device, dtype=offsets.dtype)
+    source = ((outputs[None] + 0.5) * crop / pooled - 0.5).clamp(min=0)
+    source = torch.minimum(source, crop - 1)  # (K, P), in crop pixels
+    return hat(source[:, :, None] - offsets[:, None, :])
+
+
+def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,
+                 legacy_min_size: bool) -> tuple[Tensor, Tensor]:
+    """(x, y) start and extent (K, 2) of each RoI in feature pixels: scaled, shifted by -0.5 if
+    ``aligned``; with ``legacy_min_size`` (unaligned RoIAlign) extents are at least 1 pixel."""
+    offset = 0.5 if aligned else 0.0
+    start = rois[:, 1:3] * spatial_scale - offset
+    extent = rois[:, 3:5] * spatial_scale - offset - start
+    if legacy_min_size and not aligned:
+        extent = extent.clamp(min=1.0)
+    return start, extent
+
+
+def quantised_crop(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """RoIWarp's quantisation: RoI edges (K,) in feature pixels rounded to the
+    nearest pixel (halves up) and clamped onto the map -> first and last pixel of each crop."""
+    first = torch.floor(low + 0.5).clamp(0, size - 1)
+    return first, torch.maximum(torch.floor(high + 0.5).clamp(0, size - 1), first)
+
+
+def quantised_crop_extent(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """:func:`quantised_crop` as (K,) int64 first pixels and lengths."""
+    first, last = quantised_crop(low, high, size)
+    return first.long(), (last - first).long() + 1
+
+
+def rois_from_boxes(boxes: Union[Tensor, list[Tensor]],  # noqa: UP007
+                    features: Tensor) -> Tensor:
+    """(K, 5) RoIs (batch_index, x1, y1, x2, y2) in float32 (float64 for float64 features),
+    unchecked (see :func:`validated_rois`)."""
+    dtype = compute_dtype(features)
+    if isinstance(boxes, Tensor):
+        return boxes.to(device=features.device, dtype=dtype)
+    parts: list[Tensor] = []
+    for i, per_image in enumerate(boxes):
+        index = torch.full((per_image.shape[0], 1), i, dtype=dtype, device=features.device)
+        parts.append(torch.cat((index, per_image.to(device=features.device, dtype=dtype)), 1))
+    if len(parts) == 0:
+        return torch.zeros((0, 5), dtype=dtype, device=features.device)
+    return torch.cat(parts)
+
+
+def validated_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
+    """Boxes, validated, as a (K, 5) tensor of (batch_index, x1, y1, x2, y2), in float32 (float64
+    for float64 features): never in a low-precision feature dtype, which would move boxes by whole
+    pixels."""
+    if features.dim() != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    if isinstance(boxes, (list, tuple)):
+        for i, per_image in enumerate(boxes):
+            if per_image.dim() != 2 or per_image.shape[1] != 4:
+                raise ValueError(
+                    f"boxes[{i}] must be a Tensor[L, 4], got shape {tuple(per_image.shape)}"
+                )
+    elif not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
+    return rois_from_boxes(list(boxes) if isinstance(boxes, tuple) else boxes, features)
+
+
+def _check_batch_indices(rois: Tensor, num_images: int) -> None:
+    """Raise unless every RoI's batch index is an integer in 0 .. ``num_images`` - 1 (a -1 would
+    pool the last image, as negative Python indices do). On CUDA, a device-side assertion, as
+    PyTorch's own indexing kernels check their indices: no host synchronisation."""
+    index = rois[:, 0]
+    valid = (index >= 0) & (index < num_images) & (index == index.floor())
+    if rois.device.type != "cuda":
+        if not bool(valid.all()):
+            row = int((~valid).nonzero()[0])
+            raise ValueError(f"boxes row {row}: batch index {index[row].item()} is not the index "
+                             f"of one of the {num_images} images (an integer 0 .. "
+                             f"{num_images - 1})")
+        return
+    torch._assert_async(valid.all(), "RoI op: a batch index in boxes[:, 0] is not the index of "
+                                     "an image in the features")
+
+
+def checked_rois(op: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """An eager RoI op ``op(input, boxes, output_size, ...)`` with its inputs checked:
+
+    - boxes validated (:func:`validated_rois`) and batch indices checked (an error, see
+      :func:`_check_batch_indices`);
+    - a box with a NaN or Inf coordinate pools to zeros, with zero gradients, on every device and
+      backend (torchvision's kernels read out of bounds or crash on them; a NaN box is what a
+      diverged box regression gives, and it must not turn the other RoIs' values into NaN);
+    - features with 0 channels give a (K, 0, P, Q) output.
+
+    A trace records none of this: an exported graph has no data-dependent checks."""
+
+    @functools.wraps(op)
+    def checked(input: Tensor, boxes: Tensor | list[Tensor], output_size, *args, **kwargs):
+        if torch.jit.is_tracing():
+            return op(input, boxes, output_size, *args, **kwargs)
+        rois = validated_rois(boxes, input)
+        if input.shape[1] == 0:
+            return input.new_zeros((rois.shape[0], 0, *_pair(output_size)))
+        _check_batch_indices(rois, input.shape[0])
+        finite = torch.isfinite(rois[:, 1:]).all(dim=1)
+        if rois.device.type != "cuda" and bool(finite.all()):  # known without a host sync
+            return op(input, rois, output_size, *args, **kwargs)
+        pooled = op(input, torch.where(finite[:, None], rois, 0.0), output_size, *args, **kwargs)
+        return torch.where(finite[:, None, None, None], pooled, 0.0)
+
+    return checked
+
+
