@@ -14,7 +14,6 @@ import torch
 from torchvision.ops import roi_align as torchvision_roi_align
 
 import reference_ops
-from mask_rcnn_ext.layers import traceable
 from mask_rcnn_ext.modeling import POOLER_REGISTRY
 
 OUTPUT_SIZE, SCALE, SAMPLING_RATIO = (3, 4), 0.5, 2
@@ -170,9 +169,13 @@ def test_export_forms_equal_reference(pooler_type, form, dtype):
 
 def test_traced_op_runs_the_traceable_formulation_only_while_tracing():
     """Eager speed is untouched: outside a trace the eager op runs (here, on CPU, separable)."""
+    from mask_rcnn_ext.layers.backends import IMPLEMENTATIONS, Backend
+
     op = _op("ROIAlignMax")
     features = _features(torch.float32)
-    with mock.patch.object(traceable, "roi_align", wraps=traceable.roi_align) as traced:
+    row = IMPLEMENTATIONS["roi_align_max"]
+    traced = mock.Mock(wraps=row[Backend.TRACEABLE])
+    with mock.patch.dict(row, {Backend.TRACEABLE: traced}):
         op(features, BOXES.float())
         assert traced.call_count == 0
         torch.jit.trace(op, (_TRACE_FEATURES, _TRACE_BOXES))
@@ -245,7 +248,7 @@ def test_roi_pool_gradient_added_by_index_put_equals_torchvisions():
     gradient, added at the maxima's pixels by index_put_, equals torchvision's own."""
     from torchvision.ops import roi_pool as torchvision_roi_pool
 
-    from mask_rcnn_ext.layers.roi_pool import _DeterministicRoIPool
+    from mask_rcnn_ext.layers.torchvision_ops import _DeterministicRoIPool
 
     features = _features(torch.float64).requires_grad_(True)
     ours = _DeterministicRoIPool.apply(features, BOXES, OUTPUT_SIZE, SCALE)

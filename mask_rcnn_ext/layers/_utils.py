@@ -1,25 +1,25 @@
-"""The module wrapper of the RoI ops that have no options beyond output size and scale."""
+"""The module form of the RoI ops: one class, whose ``forward`` is the one place that forks for
+TorchScript."""
 
-from __future__ import annotations
-
-from collections.abc import Callable
 from typing import Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from .backends import pool
 from .rules import rois_from_boxes
 
-__all__ = ["ScaledRoIModule"]
+__all__ = ["RoIPoolingModule"]
 
 
-class ScaledRoIModule(nn.Module):
-    """An RoI op ``op(input, boxes, output_size, spatial_scale)`` as a module whose ``forward``
-    takes (input, boxes); subclasses set ``op`` and define ``scripted``, the op in its
-    :mod:`.traceable` formulation (TorchScript compiles no call through ``type(self)``)."""
+class RoIPoolingModule(nn.Module):
+    """An RoI op as a module: ``forward(input, boxes)`` pools ``computation`` (a row of
+    :data:`.backends.IMPLEMENTATIONS`) with the module's :meth:`options`. Scripted, it runs
+    :meth:`scripted`, the op's :mod:`.traceable` formulation: TorchScript cannot compile the
+    dispatch (and compiles no call through ``type(self)``)."""
 
-    op: Callable[..., Tensor]
+    computation: str  # (no postponed annotations in this file: TorchScript reads this one)
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
         super().__init__()
@@ -30,10 +30,22 @@ class ScaledRoIModule(nn.Module):
                 boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
         if torch.jit.is_scripting():
             return self.scripted(input, rois_from_boxes(boxes, input))
-        return type(self).op(input, boxes, self.output_size, self.spatial_scale)
+        return self.pooled(input, boxes)
+
+    @torch.jit.unused
+    def pooled(self, input: Tensor,
+               boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
+        """The eager (and traced) op: :func:`.backends.pool`."""
+        return pool(self.computation, input, boxes, self.output_size, self.spatial_scale,
+                    **self.options())
+
+    def options(self) -> dict:
+        """The computation's options beyond output size and scale."""
+        return {}
 
     def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} defines no scripted formulation")
 
     def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+        options = "".join(f", {key}={value!r}" for key, value in self.options().items())
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}{options}"

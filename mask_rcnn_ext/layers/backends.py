@@ -1,21 +1,26 @@
-"""Which implementation computes each RoI pooling op: the one place that decides.
+"""Which implementation computes each RoI pooling op: the one place that decides, and the one
+function that calls it (:func:`pool`; the ops in :mod:`.roi_align`, :mod:`.precise_roi_pool`,
+:mod:`.roi_warp` and :mod:`.roi_pool` only name their computation and options).
 
-The op's name (``roi_align`` avg or max, ``precise_roi_pool``, ``roi_warp``) says *what* is
-computed; every implementation computes the same numbers (tested against the same references).
-This table says *which* one runs, by device and mode:
+The computation (``roi_align`` avg or max, ``precise_roi_pool``, ``roi_warp``, ``roi_pool``) says
+*what* is computed; every implementation computes the same numbers (tested against the same
+references). :data:`IMPLEMENTATIONS` lists each computation's implementations; this says *which*
+one runs, by device and mode (:func:`choose_backend`):
 
-================  ===========  ============  ====================  ==========================
-computation       CPU          CUDA          CUDA, deterministic   traced / scripted (export)
-================  ===========  ============  ====================  ==========================
-roi_align avg     separable    torchvision   triton (fixed point)  torchvision
-roi_align max     separable    triton        triton (fixed point)  traceable
-precise_roi_pool  separable    triton [1]    triton (fixed point)  traceable
-roi_warp          separable    triton        triton (fixed point)  traceable
-================  ===========  ============  ====================  ==========================
+================  ===========  ============  ======================  ========================
+computation       CPU          CUDA          CUDA, deterministic     traced / scripted
+================  ===========  ============  ======================  ========================
+roi_align avg     separable    torchvision   triton (fixed point)    torchvision
+roi_align max     separable    triton        triton (fixed point)    traceable
+precise_roi_pool  separable    triton [1]    triton (fixed point)    traceable
+roi_warp          separable    triton        triton (fixed point)    traceable
+roi_pool          torchvision  torchvision   torchvision [2]         torchvision
+================  ===========  ============  ======================  ========================
 
 Other devices (MPS, XPU, ...) run the separable op, which is plain PyTorch. [1] When the boxes
 need a gradient (IoU-Net's box refinement), the separable op runs: the kernel's gradient is with
-respect to the features only.
+respect to the features only. [2] Its gradient added by ``index_put_`` (:mod:`.torchvision_ops`):
+torchvision's CUDA backward refuses deterministic mode.
 
 Why:
 
@@ -33,12 +38,11 @@ Why:
 - CUDA, max / precise / warp: our Triton kernels (:mod:`.triton_roi_pool`); the separable op
   would also run, but synchronises with the host several times per call to size its chunks.
   No GPU figures have been measured for them yet (``make bench-gpu``).
-- Tracing and scripting: torchvision's op traces, scripts and exports to ONNX (``RoiAlign``,
-  opset >= 16 for ``aligned``). The others run :mod:`.traceable`, one padded batch of windows
-  whose sizes are tensors (the eager ops split their work by box values, which a trace would
-  freeze). TorchScript cannot compile this dispatch, so the ops' modules pick that formulation
-  themselves when scripted (``torch.jit.is_scripting()``); RoIPool is torchvision's everywhere
-  (deterministic on CUDA: its gradient added by ``index_put_``, see :mod:`.roi_pool`).
+- Tracing and scripting: torchvision's ops trace, script and export to ONNX (``RoiAlign``,
+  opset >= 16 for ``aligned``; ``MaxRoiPool``). The others run :mod:`.traceable`, one padded
+  batch of windows whose sizes are tensors (the eager ops split their work by box values, which a
+  trace would freeze). TorchScript cannot compile this dispatch: scripted, the ops' modules run
+  their traceable formulation (one fork, :class:`._utils.RoIPoolingModule`).
 
 :func:`forced` overrides the choice (benchmarks compare implementations with it).
 """
@@ -47,14 +51,19 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
-__all__ = ["Backend", "COMPUTATIONS", "choose_backend", "forced", "triton_ops"]
+from . import separable, torchvision_ops, traceable
+from .rules import check_batch_indices, full_precision, rois_from_boxes, validated_rois
+
+__all__ = ["Backend", "COMPUTATIONS", "IMPLEMENTATIONS", "choose_backend", "forced", "pool",
+           "triton_ops"]
 
 
 class Backend(str, enum.Enum):
@@ -64,26 +73,72 @@ class Backend(str, enum.Enum):
     TRACEABLE = "traceable"
 
 
-COMPUTATIONS = ("roi_align_avg", "roi_align_max", "precise_roi_pool", "roi_warp")
-_TRACED = {"roi_align_avg": Backend.TORCHVISION, "roi_align_max": Backend.TRACEABLE,
-           "precise_roi_pool": Backend.TRACEABLE, "roi_warp": Backend.TRACEABLE}
-_forced: Backend | None = None
-
-
 def triton_ops() -> ModuleType:
     """:mod:`.triton_roi_pool`, imported on first use (it imports Triton)."""
     return importlib.import_module(f"{__package__}.triton_roi_pool")
 
 
+def _triton(name: str, **options) -> Callable[..., Tensor]:
+    """The Triton implementation ``name``, imported when first called."""
+
+    def implementation(*args, **kwargs) -> Tensor:
+        return getattr(triton_ops(), name)(*args, **options, **kwargs)
+
+    return implementation
+
+
+# The table: each computation's implementations. Each is called as
+# ``implementation(input, rois, output_size, spatial_scale, **options)`` with checked (K, 5) RoIs
+# (K > 0) and autocast off, and returns (K, C, P, Q) in the features' dtype.
+IMPLEMENTATIONS: dict[str, dict[Backend, Callable[..., Tensor]]] = {
+    "roi_align_avg": {
+        Backend.SEPARABLE: functools.partial(separable.roi_align, mode="avg"),
+        Backend.TORCHVISION: functools.partial(torchvision_ops.roi_align, mode="avg"),
+        Backend.TRITON: _triton("roi_align", mode="avg"),
+        Backend.TRACEABLE: functools.partial(traceable.roi_align, mode="avg"),
+    },
+    "roi_align_max": {
+        Backend.SEPARABLE: functools.partial(separable.roi_align, mode="max"),
+        Backend.TRITON: _triton("roi_align", mode="max"),
+        Backend.TRACEABLE: functools.partial(traceable.roi_align, mode="max"),
+    },
+    "precise_roi_pool": {
+        Backend.SEPARABLE: separable.precise_roi_pool,
+        Backend.TRITON: _triton("precise_roi_pool"),
+        Backend.TRACEABLE: traceable.precise_roi_pool,
+    },
+    "roi_warp": {
+        Backend.SEPARABLE: separable.roi_warp,
+        Backend.TRITON: _triton("roi_warp"),
+        Backend.TRACEABLE: traceable.roi_warp,
+    },
+    "roi_pool": {
+        Backend.TORCHVISION: torchvision_ops.roi_pool,
+        Backend.TRACEABLE: traceable.roi_pool,
+    },
+}
+COMPUTATIONS = tuple(IMPLEMENTATIONS)
+_DESCRIPTIONS = {"roi_align_avg": "mode='avg' of roi_align", "roi_align_max":
+                 "mode='max' of roi_align"}
+_TRACED = {"roi_align_avg": Backend.TORCHVISION, "roi_align_max": Backend.TRACEABLE,
+           "precise_roi_pool": Backend.TRACEABLE, "roi_warp": Backend.TRACEABLE,
+           "roi_pool": Backend.TORCHVISION}
+# Computations whose result is differentiated with respect to the boxes too.
+_BOX_GRADIENTS = ("precise_roi_pool",)
+_forced: Backend | None = None
+
+
 def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool = False
                    ) -> Backend:
     """The implementation of ``computation`` (one of :data:`COMPUTATIONS`) for ``features``."""
-    if computation not in COMPUTATIONS:
+    if computation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown RoI pooling computation {computation!r}; one of {COMPUTATIONS}")
     if torch.jit.is_tracing():
         return _TRACED[computation]
     if _forced is not None:
         return _forced
+    if computation == "roi_pool":
+        return Backend.TORCHVISION
     if features.device.type != "cuda":
         return Backend.SEPARABLE
     if computation == "roi_align_avg" and not torch.are_deterministic_algorithms_enabled():
@@ -91,6 +146,42 @@ def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool 
     if boxes_need_grad:
         return Backend.SEPARABLE
     return Backend.TRITON
+
+
+def pool(computation: str, input: Tensor, boxes: Tensor | list[Tensor],
+         output_size: tuple[int, int], spatial_scale: float, **options) -> Tensor:
+    """``computation`` (one of :data:`COMPUTATIONS`) of ``input`` (N, C, H, W) over ``boxes``
+    ((K, 5) rows (batch_index, x1, y1, x2, y2), or a list of N Tensor[L, 4], in image pixels),
+    by the implementation :func:`choose_backend` picks -> (K, C, P, Q).
+
+    Eagerly, the boxes are checked first (:func:`.rules.validated_rois`, batch indices), and a box
+    with a NaN or Inf coordinate pools to zeros with zero gradients, on every backend
+    (torchvision's kernels read out of bounds or crash on them; a NaN box is what a diverged box
+    regression gives, and it must not turn the other RoIs' values into NaN). A trace records none
+    of this: an exported graph has no data-dependent checks."""
+    if torch.jit.is_tracing():
+        implementation = IMPLEMENTATIONS[computation][_TRACED[computation]]
+        return implementation(input, rois_from_boxes(boxes, input), output_size, spatial_scale,
+                              **options)
+    rois = validated_rois(boxes, input)
+    if computation not in _BOX_GRADIENTS:
+        rois = rois.detach()
+    if input.shape[1] == 0 or rois.shape[0] == 0:
+        return input.new_zeros((rois.shape[0], input.shape[1], *output_size))
+    check_batch_indices(rois, input.shape[0])
+    backend = choose_backend(computation, input, boxes_need_grad=rois.requires_grad)
+    implementation = IMPLEMENTATIONS[computation].get(backend)
+    if implementation is None:
+        available = ", ".join(b.value for b in IMPLEMENTATIONS[computation])
+        raise ValueError(f"RoI pooling: {backend.value} has no "
+                         f"{_DESCRIPTIONS.get(computation, computation)} (it has: {available})")
+    finite = torch.isfinite(rois[:, 1:]).all(dim=1)
+    with full_precision(input):
+        if rois.device.type != "cuda" and bool(finite.all()):  # known without a host sync
+            return implementation(input, rois, output_size, spatial_scale, **options)
+        pooled = implementation(input, torch.where(finite[:, None], rois, 0.0), output_size,
+                                spatial_scale, **options)
+    return torch.where(finite[:, None, None, None], pooled, 0.0)
 
 
 @contextlib.contextmanager

@@ -16,51 +16,16 @@ feature pixels: the half-pixel convention). The paper's implementation uses ``al
 
 from __future__ import annotations
 
-from typing import Union
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from . import traceable
-from .backends import Backend, choose_backend, triton_ops
-from .rules import (
-    checked_rois,
-    full_precision,
-    integrated_bin_weights,
-    rois_from_boxes,
-    scaled_boxes,
-    validated_rois,
-)
-from .separable import AxisWeights, pool_separable, window_pixels
+from ._utils import RoIPoolingModule
+from .backends import pool
 
 __all__ = ["precise_roi_pool", "PreciseROIPool"]
 
 
-class IntegratedBins(AxisWeights):
-    """Per bin, the integral of each pixel's interpolation kernel over the bin, per unit length.
-
-    Args:
-        roi_start, roi_length: (K,) the RoI along this axis, in feature-map pixels.
-        pooled: number of bins.
-        size: the feature map's extent along this axis.
-    """
-
-    def __init__(self, roi_start: Tensor, roi_length: Tensor, pooled: int, size: int):
-        self.roi_start, self.roi_length, self.pooled = roi_start, roi_length, pooled
-        # Pixel i contributes where |y - i| < 1 for some y in the RoI.
-        low = roi_start.detach().floor().clamp(0, size - 1)
-        high = (roi_start + roi_length).detach().ceil().clamp(0, size - 1)
-        self.start = low.long()
-        self.length = (high - low).long().clamp(min=0) + 1
-
-    def matrix(self, rows: Tensor, length: int) -> Tensor:
-        pixels = window_pixels(self.start[rows], length, self.roi_start.dtype)
-        return integrated_bin_weights(self.roi_start[rows], self.roi_length[rows], self.pooled,
-                                      pixels)
-
-
-@checked_rois
 def precise_roi_pool(
     input: Tensor,
     boxes: Tensor | list[Tensor],
@@ -81,44 +46,23 @@ def precise_roi_pool(
     Returns:
         (K, C, P, Q): each bin's mean of the interpolated feature.
     """
-    pooled_h, pooled_w = _pair(output_size)
-    rois = validated_rois(boxes, input)
-    backend = choose_backend("precise_roi_pool", input, boxes_need_grad=rois.requires_grad)
-    if backend is Backend.TRACEABLE:
-        return traceable.precise_roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale,
-                                          aligned)
-    if rois.shape[0] == 0:
-        return input.new_zeros((0, input.shape[1], pooled_h, pooled_w))
-    start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=False)
-    with full_precision(input):
-        if backend is Backend.TRITON:
-            return triton_ops().precise_roi_pool_triton(input, rois, (pooled_h, pooled_w), start,
-                                                        extent)
-        if backend is not Backend.SEPARABLE:
-            raise ValueError(f"precise_roi_pool has no {backend.value} implementation")
-        height, width = input.shape[-2:]
-        axis_y = IntegratedBins(start[:, 1], extent[:, 1], pooled_h, height)
-        axis_x = IntegratedBins(start[:, 0], extent[:, 0], pooled_w, width)
-        return pool_separable(input, rois[:, 0].detach().long(), axis_y, axis_x)
+    return pool("precise_roi_pool", input, boxes, _pair(output_size), spatial_scale,
+                aligned=aligned)
 
 
-class PreciseROIPool(nn.Module):
+class PreciseROIPool(RoIPoolingModule):
     """:func:`precise_roi_pool` as a module: ``forward(input, boxes)``."""
+
+    computation = "precise_roi_pool"
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float,
                  aligned: bool = False):
-        super().__init__()
-        self.output_size = _pair(output_size)
-        self.spatial_scale = spatial_scale
+        super().__init__(output_size, spatial_scale)
         self.aligned = aligned
 
-    def forward(self, input: Tensor,
-                boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
-        if torch.jit.is_scripting():  # TorchScript cannot compile the dispatch (see .backends)
-            return traceable.precise_roi_pool(input, rois_from_boxes(boxes, input),
-                                              self.output_size, self.spatial_scale, self.aligned)
-        return precise_roi_pool(input, boxes, self.output_size, self.spatial_scale, self.aligned)
+    def options(self) -> dict:
+        return {"aligned": self.aligned}
 
-    def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"aligned={self.aligned}")
+    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
+        return traceable.precise_roi_pool(input, rois, self.output_size, self.spatial_scale,
+                                          self.aligned)

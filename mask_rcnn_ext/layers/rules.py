@@ -9,18 +9,15 @@ kernel to restate a rule, the kernel's comment names the function here that it m
 """
 
 import contextlib
-import functools
-from collections.abc import Callable
 from typing import Union
 
 import torch
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
 __all__ = [
     "bilinear_sample_positions",
     "bilinear_sample_weights",
-    "checked_rois",
+    "check_batch_indices",
     "compute_dtype",
     "full_precision",
     "hat",
@@ -170,7 +167,7 @@ def validated_rois(boxes: Tensor | list[Tensor], features: Tensor) -> Tensor:
     return rois_from_boxes(list(boxes) if isinstance(boxes, tuple) else boxes, features)
 
 
-def _check_batch_indices(rois: Tensor, num_images: int) -> None:
+def check_batch_indices(rois: Tensor, num_images: int) -> None:
     """Raise unless every RoI's batch index is an integer in 0 .. ``num_images`` - 1 (a -1 would
     pool the last image, as negative Python indices do). On CUDA, a device-side assertion, as
     PyTorch's own indexing kernels check their indices: no host synchronisation."""
@@ -185,34 +182,3 @@ def _check_batch_indices(rois: Tensor, num_images: int) -> None:
         return
     torch._assert_async(valid.all(), "RoI op: a batch index in boxes[:, 0] is not the index of "
                                      "an image in the features")
-
-
-def checked_rois(op: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """An eager RoI op ``op(input, boxes, output_size, ...)`` with its inputs checked:
-
-    - boxes validated (:func:`validated_rois`) and batch indices checked (an error, see
-      :func:`_check_batch_indices`);
-    - a box with a NaN or Inf coordinate pools to zeros, with zero gradients, on every device and
-      backend (torchvision's kernels read out of bounds or crash on them; a NaN box is what a
-      diverged box regression gives, and it must not turn the other RoIs' values into NaN);
-    - features with 0 channels give a (K, 0, P, Q) output.
-
-    A trace records none of this: an exported graph has no data-dependent checks."""
-
-    @functools.wraps(op)
-    def checked(input: Tensor, boxes: Tensor | list[Tensor], output_size, *args, **kwargs):
-        if torch.jit.is_tracing():
-            return op(input, boxes, output_size, *args, **kwargs)
-        rois = validated_rois(boxes, input)
-        if input.shape[1] == 0:
-            return input.new_zeros((rois.shape[0], 0, *_pair(output_size)))
-        _check_batch_indices(rois, input.shape[0])
-        finite = torch.isfinite(rois[:, 1:]).all(dim=1)
-        if rois.device.type != "cuda" and bool(finite.all()):  # known without a host sync
-            return op(input, rois, output_size, *args, **kwargs)
-        pooled = op(input, torch.where(finite[:, None], rois, 0.0), output_size, *args, **kwargs)
-        return torch.where(finite[:, None, None, None], pooled, 0.0)
-
-    return checked
-
-

@@ -21,13 +21,24 @@ have the features' dtype. The backward adds every chunk's window gradients in a 
 from __future__ import annotations
 
 import functools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["AxisWeights", "pool_separable", "window_columns", "window_pixels"]
+from .rules import (
+    bilinear_sample_positions,
+    bilinear_sample_weights,
+    integrated_bin_weights,
+    quantised_crop_extent,
+    resized_crop_weights,
+    scaled_boxes,
+)
+
+__all__ = ["AxisWeights", "pool_separable", "precise_roi_pool", "roi_align", "roi_warp",
+           "window_columns", "window_pixels"]
 
 # Upper bound on the gathered window values of one chunk (floats): bounds temporary memory.
 # Kept well under glibc's largest mmap threshold (32 MB), so that chunk temporaries are reused
@@ -289,3 +300,189 @@ def pool_separable(
     pooled = torch.cat([chunk_values.permute(0, 3, 2, 1) for chunk_values in values])
     pooled = pooled.index_select(0, inverse)
     return pooled.to(features.dtype)
+
+
+# Each computation on the separable core. Called by :func:`.backends.pool` with checked (K, 5)
+# RoIs (K > 0) under autocast off; return (K, C, P, Q) in the features' dtype.
+
+
+class BilinearSamples(AxisWeights):
+    """RoIAlign's regularly spaced bilinear samples along one axis.
+
+    Args:
+        roi_start, roi_length: (K,) the RoI along this axis, in feature-map pixels.
+        pooled: number of bins.
+        sampling_ratio: samples per bin; ``<= 0`` for ceil(roi_length / pooled).
+        size: the feature map's extent along this axis.
+        per_sample: one matrix row per sample (bins x samples rows, for max pooling) instead of
+            one row per bin holding the average of its samples.
+    """
+
+    def __init__(self, roi_start: Tensor, roi_length: Tensor, pooled: int, sampling_ratio: int,
+                 size: int, per_sample: bool):
+        if sampling_ratio > 0:
+            self.grid = torch.full_like(roi_start, sampling_ratio, dtype=torch.int64)
+        else:
+            self.grid = torch.ceil(roi_length / pooled).long()
+        self.pooled, self.size, self.per_sample = pooled, size, per_sample
+        steps = torch.arange(max(int(self.grid.max()), 1) if len(self.grid) else 1,
+                             device=roi_start.device)
+        self.real = steps[None, None, :] < self.grid[:, None, None]  # (K, 1, S)
+        self.position = bilinear_sample_positions(roi_start, roi_length, pooled,
+                                                  self.grid.clamp(min=1), steps)  # (K, P, S)
+        self.valid = (self.grid[:, None, None] > 0) & (self.position >= -1) & (
+            self.position <= size)
+        # The window spans the valid samples, clamped onto the map.
+        on_map = self.position.clamp(0, size - 1)
+        low = torch.where(self.valid, on_map, math.inf).amin(dim=(1, 2))
+        high = torch.where(self.valid, on_map, -math.inf).amax(dim=(1, 2))
+        has_samples = self.valid.any(dim=2).any(dim=1)
+        self.start = torch.where(has_samples, low, 0).floor().long()
+        self.length = torch.where(has_samples, high.ceil().long() - self.start + 1, 1)
+        self.rows = pooled * self.grid.clamp(min=1) if per_sample else None
+
+    def samples_per_bin(self, rows: Tensor) -> int:
+        return max(int(self.grid[rows].max()), 1)
+
+    def matrix(self, rows: Tensor, length: int) -> Tensor:
+        samples = self.samples_per_bin(rows)
+        position = self.position[rows, :, :samples]
+        valid = self.valid[rows, :, :samples]
+        if not self.per_sample:
+            valid = valid & self.real[rows, :, :samples]
+        pixels = window_pixels(self.start[rows], length, position.dtype)
+        weights = bilinear_sample_weights(position, valid, self.size, pixels)  # (G, P, S, L)
+        if self.per_sample:
+            return weights.reshape(rows.shape[0], self.pooled * samples, length)
+        grid = self.grid[rows].clamp(min=1)[:, None, None].to(weights.dtype)
+        return weights.sum(2) / grid
+
+
+class _SampleMaximum(torch.autograd.Function):
+    """Each bin's maximum over its Sy x Sx bilinear samples, from values interpolated along y.
+
+    Forward: (G, R, Lx, C) values at the R = P*Sy sample rows, x weights (G, S, Lx) of the
+    S = Q*Sx sample columns -> samples (one product per RoI) -> (G, Q, P, C) maxima. Only the
+    winning samples' positions (uint8) are kept: the backward sends each bin's gradient to the two
+    columns that its winning sample interpolates (the first of equal maxima in (y, x) order, like
+    ``torch.max``), by scatters into the y-interpolated values, instead of a dense gradient over
+    every sample (measured: that was half of max pooling's backward).
+    """
+
+    @staticmethod
+    def forward(ctx, along_y: Tensor, weights_x: Tensor, pooled_y: int, pooled_x: int) -> Tensor:
+        num, rows, _, channels = along_y.shape
+        columns = weights_x.shape[1]
+        samples = torch.bmm(weights_x, window_columns(along_y))
+        grid = samples.view(num, pooled_x, columns // pooled_x, pooled_y, rows // pooled_y,
+                            channels)
+        best_in_column, winner_x = grid.max(dim=2)  # (G, Q, P, Sy, C)
+        best, winner_y = best_in_column.max(dim=3)  # (G, Q, P, C)
+        winner_x = winner_x.gather(3, winner_y.unsqueeze(3)).squeeze(3)
+        ctx.save_for_backward(weights_x, winner_x.to(torch.uint8), winner_y.to(torch.uint8))
+        ctx.rows = rows
+        return best
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        weights_x, winner_x, winner_y = ctx.saved_tensors
+        num, pooled_x, pooled_y, channels = grad.shape
+        columns, length_x = weights_x.shape[1:]
+        samples_x, samples_y = columns // pooled_x, ctx.rows // pooled_y
+        steps_x = torch.arange(pooled_x, device=grad.device)[:, None, None] * samples_x
+        steps_y = torch.arange(pooled_y, device=grad.device)[:, None] * samples_y
+        column = (steps_x + winner_x.long()).view(num, -1)  # (G, Q*P*C)
+        row = (steps_y + winner_y.long()).view(num, -1)
+        # A sample's x weights are two neighbouring window columns, the first one positive.
+        low = (weights_x > 0).to(torch.uint8).argmax(dim=2).gather(1, column)
+        flat_weights = weights_x.reshape(num, columns * length_x)
+        grad_along_y = grad.new_zeros((num, ctx.rows * length_x, channels))
+        grad = grad.reshape(num, -1, channels)
+        for tap in (low, low + 1):
+            inside = tap < length_x
+            tap = tap.clamp(max=length_x - 1)
+            weight = flat_weights.gather(1, column * length_x + tap) * inside
+            grad_along_y.scatter_add_(1, (row * length_x + tap).view(grad.shape),
+                                      grad * weight.view(grad.shape))
+        return grad_along_y.view(num, ctx.rows, length_x, channels), None, None, None
+
+
+def _bin_maximum(axis_y: BilinearSamples, axis_x: BilinearSamples):
+    """``reduce`` for :func:`pool_separable`: the maximum over each bin's samples."""
+
+    def reduce(along_y: Tensor, weights_x: Tensor) -> Tensor:
+        return _SampleMaximum.apply(along_y, weights_x, axis_y.pooled, axis_x.pooled)
+
+    return reduce
+
+
+def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+              sampling_ratio: int, aligned: bool, mode: str) -> Tensor:
+    """RoIAlign (average or max, :mod:`.roi_align`) on the separable core."""
+    pooled_h, pooled_w = output_size
+    start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=True)
+    height, width = input.shape[-2:]
+    per_sample = mode == "max"
+    axis_y = BilinearSamples(start[:, 1], extent[:, 1], pooled_h, sampling_ratio, height,
+                             per_sample)
+    axis_x = BilinearSamples(start[:, 0], extent[:, 0], pooled_w, sampling_ratio, width,
+                             per_sample)
+    reduce = _bin_maximum(axis_y, axis_x) if per_sample else None
+    return pool_separable(input, rois[:, 0].long(), axis_y, axis_x, reduce)
+
+
+class IntegratedBins(AxisWeights):
+    """Per bin, the integral of each pixel's interpolation kernel over the bin, per unit length.
+
+    Args:
+        roi_start, roi_length: (K,) the RoI along this axis, in feature-map pixels.
+        pooled: number of bins.
+        size: the feature map's extent along this axis.
+    """
+
+    def __init__(self, roi_start: Tensor, roi_length: Tensor, pooled: int, size: int):
+        self.roi_start, self.roi_length, self.pooled = roi_start, roi_length, pooled
+        # Pixel i contributes where |y - i| < 1 for some y in the RoI.
+        low = roi_start.detach().floor().clamp(0, size - 1)
+        high = (roi_start + roi_length).detach().ceil().clamp(0, size - 1)
+        self.start = low.long()
+        self.length = (high - low).long().clamp(min=0) + 1
+
+    def matrix(self, rows: Tensor, length: int) -> Tensor:
+        pixels = window_pixels(self.start[rows], length, self.roi_start.dtype)
+        return integrated_bin_weights(self.roi_start[rows], self.roi_length[rows], self.pooled,
+                                      pixels)
+
+
+def precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
+                     spatial_scale: float, aligned: bool) -> Tensor:
+    """Precise RoI pooling (:mod:`.precise_roi_pool`) on the separable core; differentiable with
+    respect to the boxes too."""
+    start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=False)
+    height, width = input.shape[-2:]
+    axis_y = IntegratedBins(start[:, 1], extent[:, 1], output_size[0], height)
+    axis_x = IntegratedBins(start[:, 0], extent[:, 0], output_size[1], width)
+    return pool_separable(input, rois[:, 0].detach().long(), axis_y, axis_x)
+
+
+class ResizedCrop(AxisWeights):
+    """Bilinear resize of each crop ``start .. start + length - 1`` to ``pooled`` samples."""
+
+    def __init__(self, start: Tensor, length: Tensor, pooled: int, dtype: torch.dtype):
+        self.start, self.length, self.pooled, self.dtype = start, length, pooled, dtype
+
+    def matrix(self, rows: Tensor, length: int) -> Tensor:
+        offsets = window_pixels(torch.zeros_like(rows), length, self.dtype)
+        return resized_crop_weights(self.length[rows], self.pooled, offsets)
+
+
+def roi_warp(input: Tensor, rois: Tensor, output_size: tuple[int, int],
+             spatial_scale: float) -> Tensor:
+    """RoIWarp (:mod:`.roi_warp`) on the separable core."""
+    height, width = input.shape[-2:]
+    scaled = rois[:, 1:] * spatial_scale
+    start_y, length_y = quantised_crop_extent(scaled[:, 1], scaled[:, 3], height)
+    start_x, length_x = quantised_crop_extent(scaled[:, 0], scaled[:, 2], width)
+    axis_y = ResizedCrop(start_y, length_y, output_size[0], rois.dtype)
+    axis_x = ResizedCrop(start_x, length_x, output_size[1], rois.dtype)
+    return pool_separable(input, rois[:, 0].long(), axis_y, axis_x)

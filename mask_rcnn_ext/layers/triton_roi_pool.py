@@ -40,9 +40,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .rules import compute_dtype
+from .rules import compute_dtype, quantised_crop_extent, scaled_boxes
 
-__all__ = ["roi_align_triton", "roi_warp_triton", "precise_roi_pool_triton"]
+__all__ = ["precise_roi_pool", "roi_align", "roi_warp"]
 
 _BLOCK = 256
 _AVG, _MAX = 0, 1
@@ -424,3 +424,28 @@ def precise_roi_pool_triton(features: Tensor, rois: Tensor, output_size: tuple[i
     geometry = torch.stack((start[:, 1], start[:, 0], bins[:, 1], bins[:, 0]), 1)
     return _PrecisePool.apply(features, geometry.detach().contiguous(),
                               _counts(rois, reach[:, 1], reach[:, 0]), (pooled_h, pooled_w))
+
+
+# The implementations of :mod:`.backends`' table: checked (K, 5) RoIs (K > 0), autocast off.
+
+
+def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+              sampling_ratio: int, aligned: bool, mode: str) -> Tensor:
+    start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=True)
+    return roi_align_triton(input, rois, output_size, start, extent, sampling_ratio, mode)
+
+
+def precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
+                     spatial_scale: float, aligned: bool) -> Tensor:
+    start, extent = scaled_boxes(rois, spatial_scale, aligned, legacy_min_size=False)
+    return precise_roi_pool_triton(input, rois, output_size, start, extent)
+
+
+def roi_warp(input: Tensor, rois: Tensor, output_size: tuple[int, int],
+             spatial_scale: float) -> Tensor:
+    height, width = input.shape[-2:]
+    scaled = rois[:, 1:] * spatial_scale
+    start_y, length_y = quantised_crop_extent(scaled[:, 1], scaled[:, 3], height)
+    start_x, length_x = quantised_crop_extent(scaled[:, 0], scaled[:, 2], width)
+    return roi_warp_triton(input, rois, output_size, torch.stack((start_x, start_y), 1),
+                           torch.stack((length_x, length_y), 1))
