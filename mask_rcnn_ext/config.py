@@ -60,6 +60,12 @@ def add_mask_rcnn_ext_config(cfg: CN) -> CN:
     # Activation layout: "contiguous" (stock), "channels_last", or "auto" (channels-last on CPU).
     cfg.MODEL.SPEEDUPS.MEMORY_FORMAT = "contiguous"
 
+    # Which implementation runs every RoI pooler of the model (mask_rcnn_ext/layers/backends.py):
+    # "auto" (chosen by device and mode), or "separable", "torchvision", "triton" (CUDA only),
+    # "traceable" for all of them, e.g. "separable" where a GPU kernel misbehaves. A value that
+    # does not implement a pooler type, or cannot run on MODEL.DEVICE, is refused by name.
+    cfg.MODEL.ROI_POOLER_BACKEND = "auto"
+
     # COCO-format data sets to register before training, each [name, json_file, image_root]; the
     # names can then be used in DATASETS.TRAIN / DATASETS.TEST (train_net.py registers them).
     cfg.DATASETS.COCO_FORMAT = []

@@ -1,5 +1,6 @@
 """The dispatch table, mixed precision and deterministic gradients of every pooler type (CPU)."""
 
+import re
 import types
 from pathlib import Path
 
@@ -154,3 +155,69 @@ def test_a_cuda_device_without_a_gpu_is_refused_naming_the_key(tiny_coco_dataset
     lazy = load_lazy_config(str(config), ["train.device=cuda"])
     with pytest.raises(ValueError, match=r"train.device is 'cuda'.*train.device=cpu runs"):
         LazyTrainer.build_model(lazy)
+
+
+def test_a_models_pooler_backend_is_forced_by_its_config_key():
+    """MODEL.ROI_POOLER_BACKEND (a pooler's ``backend``) makes every pooler of the model run that
+    implementation; the output is the same numbers (here: traceable on CPU, against separable)."""
+    from unittest import mock
+
+    from detectron2.modeling import build_model
+
+    from helpers import small_mask_rcnn_cfg
+    from mask_rcnn_ext.layers.backends import IMPLEMENTATIONS
+
+    cfg = small_mask_rcnn_cfg(depth=18)
+    cfg.MODEL.ROI_HEADS.NAME = "MaskRCNNExtROIHeads"
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNFCNHead"
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignMax"
+    features = [torch.randn(2, 8, 16, 20, generator=torch.Generator().manual_seed(s))
+                for s in range(4)]
+    boxes = [Boxes(torch.tensor([[1.0, 2.0, 30.0, 40.0], [5.0, 5.0, 60.0, 50.0]]))] * 2
+    automatic = build_model(cfg)
+    cfg.MODEL.ROI_POOLER_BACKEND = "traceable"
+    model = build_model(cfg)
+    assert all(p.backend == "traceable" for pooler in (model.roi_heads.box_pooler,
+                                                       model.roi_heads.mask_pooler)
+               for p in pooler.level_poolers)
+    row = IMPLEMENTATIONS["roi_align_max"]
+    traced = mock.Mock(wraps=row[Backend.TRACEABLE])
+    with mock.patch.dict(row, {Backend.TRACEABLE: traced}):
+        expected = automatic.roi_heads.box_pooler(features, boxes)
+        assert traced.call_count == 0  # "auto" on CPU: separable
+        pooled = model.roi_heads.box_pooler(features, boxes)
+    assert traced.call_count > 0
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_pooler_backend_that_cannot_run_is_refused_naming_key_value_and_choices():
+    from detectron2.modeling import build_model
+
+    from helpers import small_mask_rcnn_cfg
+
+    cfg = small_mask_rcnn_cfg(depth=18)
+    cfg.MODEL.ROI_HEADS.NAME = "MaskRCNNExtROIHeads"
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNFCNHead"
+    cfg.MODEL.DEVICE = "meta"  # the model's structure is what is checked
+    cases = {
+        ("ROIAlignV2", "cuda_kernel"): "MODEL.ROI_POOLER_BACKEND is 'cuda_kernel', which is no "
+                                       "RoI pooling implementation; choices for mode='avg' of "
+                                       "roi_align on meta: auto, separable, torchvision, "
+                                       "traceable",
+        ("ROIAlignMax", "torchvision"): "MODEL.ROI_POOLER_BACKEND is 'torchvision', which has no "
+                                        "mode='max' of roi_align; choices",
+        ("PreciseROIPool", "triton"): "MODEL.ROI_POOLER_BACKEND is 'triton', which runs on CUDA "
+                                      "only, not on meta; choices for precise_roi_pool on meta: "
+                                      "auto, separable, traceable",
+        ("ROIAlignRotated", "separable"): "MODEL.ROI_POOLER_BACKEND is 'separable', but pooler "
+                                          "type 'ROIAlignRotated' has no implementations to "
+                                          "choose from",
+    }
+    for (pooler_type, backend), message in cases.items():
+        cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler_type
+        cfg.MODEL.ROI_POOLER_BACKEND = backend
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_model(cfg)
+    # A pooler built in Python (or by a LazyConfig) names its own argument.
+    with pytest.raises(ValueError, match="backend is 'gpu'"):
+        ROIPooler(7, (0.25,), 0, "ROIAlignV2", backend="gpu")

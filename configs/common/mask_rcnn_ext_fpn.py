@@ -70,8 +70,10 @@ model = L(GeneralizedRCNN)(
         proposal_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1],
                                     allow_low_quality_matches=False),
         box_in_features=POOLED_LEVELS,
+        # backend: which implementation pools (MODEL.ROI_POOLER_BACKEND in YAML): "auto", or
+        # e.g. "separable"; the mask pooler follows the box pooler's.
         box_pooler=L(ROIPooler)(output_size=7, scales=POOLED_SCALES, sampling_ratio=0,
-                                pooler_type="ROIAlignV2"),
+                                pooler_type="ROIAlignV2", backend="auto"),
         box_head=L(FastRCNNConvFCHead)(
             input_shape=L(ShapeSpec)(channels="${....backbone.out_channels}", height=7, width=7),
             conv_dims=[],
@@ -87,7 +89,7 @@ model = L(GeneralizedRCNN)(
         ),
         mask_in_features=POOLED_LEVELS,
         mask_pooler=L(ROIPooler)(output_size=14, scales=POOLED_SCALES, sampling_ratio=0,
-                                 pooler_type="ROIAlignV2"),
+                                 pooler_type="ROIAlignV2", backend="${..box_pooler.backend}"),
         mask_head=L(MaskRCNNFCNHead)(
             input_shape=L(ShapeSpec)(channels="${....backbone.out_channels}", height=14,
                                      width=14),

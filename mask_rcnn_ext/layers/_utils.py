@@ -20,6 +20,8 @@ class RoIPoolingModule(nn.Module):
     dispatch (and compiles no call through ``type(self)``)."""
 
     computation: str  # (no postponed annotations in this file: TorchScript reads this one)
+    # Which implementation runs (see .backends.check_backend); "auto": the table's choice.
+    backend: str = "auto"
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
         super().__init__()
@@ -37,7 +39,7 @@ class RoIPoolingModule(nn.Module):
                boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
         """The eager (and traced) op: :func:`.backends.pool`."""
         return pool(self.computation, input, boxes, self.output_size, self.spatial_scale,
-                    **self.options())
+                    backend=self.backend, **self.options())
 
     def options(self) -> dict:
         """The computation's options beyond output size and scale."""
@@ -47,5 +49,7 @@ class RoIPoolingModule(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} defines no scripted formulation")
 
     def extra_repr(self) -> str:
-        options = "".join(f", {key}={value!r}" for key, value in self.options().items())
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}{options}"
+        options = {**self.options(), **({"backend": self.backend} if self.backend != "auto"
+                                        else {})}
+        listed = "".join(f", {key}={value!r}" for key, value in options.items())
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}{listed}"

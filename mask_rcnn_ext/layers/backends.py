@@ -62,8 +62,8 @@ from torch import Tensor
 from . import separable, torchvision_ops, traceable
 from .rules import check_batch_indices, full_precision, rois_from_boxes, validated_rois
 
-__all__ = ["Backend", "COMPUTATIONS", "IMPLEMENTATIONS", "choose_backend", "forced", "pool",
-           "triton_ops"]
+__all__ = ["AUTO", "Backend", "COMPUTATIONS", "IMPLEMENTATIONS", "check_backend", "choose_backend",
+           "forced", "pool", "triton_ops"]
 
 
 class Backend(str, enum.Enum):
@@ -126,17 +126,47 @@ _TRACED = {"roi_align_avg": Backend.TORCHVISION, "roi_align_max": Backend.TRACEA
 # Computations whose result is differentiated with respect to the boxes too.
 _BOX_GRADIENTS = ("precise_roi_pool",)
 _forced: Backend | None = None
+# A model's request (MODEL.ROI_POOLER_BACKEND, a pooler's ``backend``): the table's choice.
+AUTO = "auto"
+# Backends that run on CUDA devices only.
+_CUDA_ONLY = (Backend.TRITON,)
 
 
-def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool = False
-                   ) -> Backend:
-    """The implementation of ``computation`` (one of :data:`COMPUTATIONS`) for ``features``."""
+def check_backend(computation: str, backend: str, device: str | torch.device | None = None, *,
+                  key: str = "backend") -> None:
+    """Raise, naming ``key``, ``backend`` and the choices, unless ``backend`` ("auto" or a
+    :class:`Backend` value) implements ``computation`` and, when ``device`` is given, runs there.
+    """
+    if backend == AUTO:
+        return
+    available = [AUTO, *(b.value for b in IMPLEMENTATIONS[computation]
+                         if device is None or torch.device(device).type == "cuda"
+                         or b not in _CUDA_ONLY)]
+    choices = f"choices for {_DESCRIPTIONS.get(computation, computation)}" + (
+        f" on {device}" if device is not None else "") + f": {', '.join(available)}"
+    if backend not in {b.value for b in Backend}:
+        raise ValueError(f"{key} is {backend!r}, which is no RoI pooling implementation; {choices}")
+    if Backend(backend) not in IMPLEMENTATIONS[computation]:
+        raise ValueError(f"{key} is {backend!r}, which has no "
+                         f"{_DESCRIPTIONS.get(computation, computation)}; {choices}")
+    if backend not in available:
+        raise ValueError(f"{key} is {backend!r}, which runs on CUDA only, not on {device}; "
+                         f"{choices}")
+
+
+def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool = False,
+                   requested: str = AUTO) -> Backend:
+    """The implementation of ``computation`` (one of :data:`COMPUTATIONS`) for ``features``:
+    :func:`forced`'s, else ``requested`` unless it is "auto", else by device and mode."""
     if computation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown RoI pooling computation {computation!r}; one of {COMPUTATIONS}")
     if torch.jit.is_tracing():
         return _TRACED[computation]
     if _forced is not None:
         return _forced
+    if requested != AUTO:
+        check_backend(computation, requested, features.device)
+        return Backend(requested)
     if computation == "roi_pool":
         return Backend.TORCHVISION
     if features.device.type != "cuda":
@@ -149,10 +179,12 @@ def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool 
 
 
 def pool(computation: str, input: Tensor, boxes: Tensor | list[Tensor],
-         output_size: tuple[int, int], spatial_scale: float, **options) -> Tensor:
+         output_size: tuple[int, int], spatial_scale: float, *, backend: str = AUTO,
+         **options) -> Tensor:
     """``computation`` (one of :data:`COMPUTATIONS`) of ``input`` (N, C, H, W) over ``boxes``
     ((K, 5) rows (batch_index, x1, y1, x2, y2), or a list of N Tensor[L, 4], in image pixels),
-    by the implementation :func:`choose_backend` picks -> (K, C, P, Q).
+    by the implementation :func:`choose_backend` picks (``backend``, if not "auto") ->
+    (K, C, P, Q).
 
     Eagerly, the boxes are checked first (:func:`.rules.validated_rois`, batch indices), and a box
     with a NaN or Inf coordinate pools to zeros with zero gradients, on every backend
@@ -169,11 +201,12 @@ def pool(computation: str, input: Tensor, boxes: Tensor | list[Tensor],
     if input.shape[1] == 0 or rois.shape[0] == 0:
         return input.new_zeros((rois.shape[0], input.shape[1], *output_size))
     check_batch_indices(rois, input.shape[0])
-    backend = choose_backend(computation, input, boxes_need_grad=rois.requires_grad)
-    implementation = IMPLEMENTATIONS[computation].get(backend)
+    chosen = choose_backend(computation, input, boxes_need_grad=rois.requires_grad,
+                            requested=backend)
+    implementation = IMPLEMENTATIONS[computation].get(chosen)
     if implementation is None:
         available = ", ".join(b.value for b in IMPLEMENTATIONS[computation])
-        raise ValueError(f"RoI pooling: {backend.value} has no "
+        raise ValueError(f"RoI pooling: {chosen.value} has no "
                          f"{_DESCRIPTIONS.get(computation, computation)} (it has: {available})")
     finite = torch.isfinite(rois[:, 1:]).all(dim=1)
     with full_precision(input):

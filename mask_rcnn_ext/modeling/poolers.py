@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from mask_rcnn_ext import layers
+from mask_rcnn_ext.layers._utils import RoIPoolingModule
+from mask_rcnn_ext.layers.backends import AUTO, check_backend
 from mask_rcnn_ext.layers.rules import compute_dtype
 
 __all__ = ["POOLER_REGISTRY", "ROIPooler"]
@@ -90,10 +92,15 @@ class ROIPooler(nn.Module):
         pooler_type: a name in :data:`POOLER_REGISTRY`.
         canonical_box_size, canonical_level: a box of ``canonical_box_size`` pixels (sqrt of its
             area) is pooled from level ``canonical_level`` (FPN paper: 224 and 4).
+        backend: which implementation pools ("auto": the choice of
+            :mod:`mask_rcnn_ext.layers.backends` by device and mode; or one of its backends,
+            e.g. "separable" in place of a GPU kernel). Errors name it ``backend_key`` and,
+            given ``device``, refuse a backend that cannot run there.
     """
 
     def __init__(self, output_size, scales, sampling_ratio, pooler_type,
-                 canonical_box_size=224, canonical_level=4):
+                 canonical_box_size=224, canonical_level=4, backend: str = AUTO, *,
+                 backend_key: str = "backend", device: str | None = None):
         super().__init__()
         self.output_size = _pair(output_size)
         if pooler_type not in POOLER_REGISTRY:
@@ -103,6 +110,13 @@ class ROIPooler(nn.Module):
         self.level_poolers = nn.ModuleList(
             make(self.output_size, scale, sampling_ratio) for scale in scales
         )
+        for pooler in self.level_poolers:
+            if isinstance(pooler, RoIPoolingModule):
+                check_backend(pooler.computation, backend, device, key=backend_key)
+                pooler.backend = backend
+            elif backend != AUTO:
+                raise ValueError(f"{backend_key} is {backend!r}, but pooler type {pooler_type!r} "
+                                 "has no implementations to choose from; set it to 'auto'")
         min_level, max_level = -math.log2(scales[0]), -math.log2(scales[-1])
         if not (math.isclose(min_level, round(min_level))
                 and math.isclose(max_level, round(max_level))):

@@ -31,9 +31,11 @@ from .poolers import ROIPooler
 __all__ = ["MaskRCNNExtROIHeads", "MaskRCNNExtRes5ROIHeads"]
 
 
-def _pooler_and_input(head_cfg, in_features: list[str], input_shape: dict[str, ShapeSpec]):
-    """A branch's pooler (None without ``POOLER_TYPE``) and what its head receives: the pooled
-    features' shape, or the feature maps' shapes when there is no pooler."""
+def _pooler_and_input(cfg, head_cfg, in_features: list[str],
+                      input_shape: dict[str, ShapeSpec]):
+    """A branch's pooler (None without ``POOLER_TYPE``), with the model's
+    ``MODEL.ROI_POOLER_BACKEND``, and what its head receives: the pooled features' shape, or the
+    feature maps' shapes when there is no pooler."""
     if not head_cfg.POOLER_TYPE:
         return None, {f: input_shape[f] for f in in_features}
     channels = {input_shape[f].channels for f in in_features}
@@ -45,6 +47,9 @@ def _pooler_and_input(head_cfg, in_features: list[str], input_shape: dict[str, S
         scales=tuple(1.0 / input_shape[f].stride for f in in_features),
         sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
         pooler_type=head_cfg.POOLER_TYPE,
+        backend=cfg.MODEL.ROI_POOLER_BACKEND,
+        backend_key="MODEL.ROI_POOLER_BACKEND",
+        device=cfg.MODEL.DEVICE,
     )
     side = head_cfg.POOLER_RESOLUTION
     return pooler, ShapeSpec(channels=channels.pop(), height=side, width=side)
@@ -54,7 +59,7 @@ def _branch(name: str, head_cfg, build_head, cfg, input_shape: dict[str, ShapeSp
     """StandardROIHeads' arguments for branch ``name`` ("box", "mask", "keypoint"): its input
     features, its registry pooler and its head, built by ``build_head(cfg, input)``."""
     in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-    pooler, pooled = _pooler_and_input(head_cfg, in_features, input_shape)
+    pooler, pooled = _pooler_and_input(cfg, head_cfg, in_features, input_shape)
     return {f"{name}_in_features": in_features, f"{name}_pooler": pooler,
             f"{name}_head": build_head(cfg, pooled)}
 
@@ -136,7 +141,7 @@ class MaskRCNNExtRes5ROIHeads(Res5ROIHeads):
         box = cfg.MODEL.ROI_BOX_HEAD
         if not box.POOLER_TYPE:
             raise ValueError("MODEL.ROI_BOX_HEAD.POOLER_TYPE is empty; the res5 head needs one")
-        pooler, _ = _pooler_and_input(box, in_features, input_shape)
+        pooler, _ = _pooler_and_input(cfg, box, in_features, input_shape)
         res5, channels = cls._build_res5_block(cfg)
         ret = {**ROIHeads.from_config(cfg), "in_features": in_features, "pooler": pooler,
                "res5": res5, "box_predictor": FastRCNNOutputLayers(
