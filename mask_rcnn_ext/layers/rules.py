@@ -25,6 +25,7 @@ __all__ = [
     "integrated_bin_weights",
     "quantised_crop",
     "quantised_crop_extent",
+    "quantised_crops",
     "resized_crop_weights",
     "rois_from_boxes",
     "scaled_boxes",
@@ -131,6 +132,15 @@ def quantised_crop_extent(low: Tensor, high: Tensor, size: int) -> tuple[Tensor,
     """:func:`quantised_crop` as (K,) int64 first pixels and lengths."""
     first, last = quantised_crop(low, high, size)
     return first.long(), (last - first).long() + 1
+
+
+def quantised_crops(rois: Tensor, spatial_scale: float, height: int,
+                    width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RoIWarp's crops of (K, 5) ``rois`` on an ``height`` x ``width`` map: (K,) int64 first
+    pixel and length along y, then along x (:func:`quantised_crop_extent`)."""
+    scaled = rois[:, 1:] * spatial_scale
+    return (*quantised_crop_extent(scaled[:, 1], scaled[:, 3], height),
+            *quantised_crop_extent(scaled[:, 0], scaled[:, 2], width))
 
 
 def rois_from_boxes(boxes: Union[Tensor, list[Tensor]],  # noqa: UP007

@@ -32,7 +32,7 @@ from .rules import (
     bilinear_sample_positions,
     bilinear_sample_weights,
     integrated_bin_weights,
-    quantised_crop_extent,
+    quantised_crops,
     resized_crop_weights,
     scaled_boxes,
 )
@@ -479,10 +479,8 @@ class ResizedCrop(AxisWeights):
 def roi_warp(input: Tensor, rois: Tensor, output_size: tuple[int, int],
              spatial_scale: float) -> Tensor:
     """RoIWarp (:mod:`.roi_warp`) on the separable core."""
-    height, width = input.shape[-2:]
-    scaled = rois[:, 1:] * spatial_scale
-    start_y, length_y = quantised_crop_extent(scaled[:, 1], scaled[:, 3], height)
-    start_x, length_x = quantised_crop_extent(scaled[:, 0], scaled[:, 2], width)
+    start_y, length_y, start_x, length_x = quantised_crops(rois, spatial_scale,
+                                                           *input.shape[-2:])
     axis_y = ResizedCrop(start_y, length_y, output_size[0], rois.dtype)
     axis_x = ResizedCrop(start_x, length_x, output_size[1], rois.dtype)
     return pool_separable(input, rois[:, 0].long(), axis_y, axis_x)

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .rules import compute_dtype, quantised_crop_extent, scaled_boxes
+from .rules import compute_dtype, quantised_crops, scaled_boxes
 
 __all__ = ["precise_roi_pool", "roi_align", "roi_warp"]
 
@@ -443,9 +443,7 @@ def precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
 
 def roi_warp(input: Tensor, rois: Tensor, output_size: tuple[int, int],
              spatial_scale: float) -> Tensor:
-    height, width = input.shape[-2:]
-    scaled = rois[:, 1:] * spatial_scale
-    start_y, length_y = quantised_crop_extent(scaled[:, 1], scaled[:, 3], height)
-    start_x, length_x = quantised_crop_extent(scaled[:, 0], scaled[:, 2], width)
+    start_y, length_y, start_x, length_x = quantised_crops(rois, spatial_scale,
+                                                           *input.shape[-2:])
     return roi_warp_triton(input, rois, output_size, torch.stack((start_x, start_y), 1),
                            torch.stack((length_x, length_y), 1))
