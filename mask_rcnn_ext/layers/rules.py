@@ -28,6 +28,7 @@ __all__ = [
     "quantised_crops",
     "resized_crop_weights",
     "rois_from_boxes",
+    "samples_per_bin",
     "scaled_boxes",
     "validated_rois",
 ]
@@ -49,6 +50,15 @@ def full_precision(features: Tensor) -> contextlib.AbstractContextManager:
 def hat(t: Tensor) -> Tensor:
     """The linear-interpolation kernel max(0, 1 - |t|)."""
     return (1 - t.abs()).clamp(min=0)
+
+
+def samples_per_bin(roi_length: Tensor, pooled: int, sampling_ratio: int) -> Tensor:
+    """RoIAlign's samples per bin along one axis (K,), in ``roi_length``'s dtype:
+    ``sampling_ratio``, or, if it is <= 0, ceil(roi_length / pooled) (adaptive, as Detectron2 and
+    torchvision)."""
+    if sampling_ratio > 0:
+        return torch.full_like(roi_length, float(sampling_ratio))
+    return torch.ceil(roi_length / pooled)
 
 
 def bilinear_sample_positions(roi_start: Tensor, roi_length: Tensor, pooled: int, grid: Tensor,

@@ -34,6 +34,7 @@ from .rules import (
     integrated_bin_weights,
     quantised_crops,
     resized_crop_weights,
+    samples_per_bin,
     scaled_boxes,
 )
 
@@ -320,10 +321,7 @@ class BilinearSamples(AxisWeights):
 
     def __init__(self, roi_start: Tensor, roi_length: Tensor, pooled: int, sampling_ratio: int,
                  size: int, per_sample: bool):
-        if sampling_ratio > 0:
-            self.grid = torch.full_like(roi_start, sampling_ratio, dtype=torch.int64)
-        else:
-            self.grid = torch.ceil(roi_length / pooled).long()
+        self.grid = samples_per_bin(roi_length, pooled, sampling_ratio).long()
         self.pooled, self.size, self.per_sample = pooled, size, per_sample
         steps = torch.arange(max(int(self.grid.max()), 1) if len(self.grid) else 1,
                              device=roi_start.device)

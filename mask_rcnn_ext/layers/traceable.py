@@ -30,6 +30,7 @@ from .rules import (
     integrated_bin_weights,
     quantised_crop,
     resized_crop_weights,
+    samples_per_bin,
     scaled_boxes,
 )
 
@@ -73,10 +74,7 @@ def _align_axis(roi_start: Tensor, roi_length: Tensor, pooled: int, sampling_rat
                 size: int, per_sample: bool) -> tuple[Tensor, Tensor]:
     """RoIAlign's weights along one axis -> (K, R, L) and the (K, L) window indices. R = P bins
     (averages), or S x P samples, sample-major (``per_sample``, for maxima)."""
-    if sampling_ratio > 0:
-        grid = torch.full_like(roi_start, float(sampling_ratio))
-    else:
-        grid = torch.ceil(roi_length / pooled)
+    grid = samples_per_bin(roi_length, pooled, sampling_ratio)
     slots = torch.cat((grid, grid.new_ones(1))).max().long()
     steps = torch.arange(slots, device=roi_start.device)
     position = bilinear_sample_positions(roi_start, roi_length, pooled, grid.clamp(min=1), steps)

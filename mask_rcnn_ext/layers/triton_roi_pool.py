@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .rules import compute_dtype, quantised_crops, scaled_boxes
+from .rules import compute_dtype, quantised_crops, samples_per_bin, scaled_boxes
 
 __all__ = ["precise_roi_pool", "roi_align", "roi_warp"]
 
@@ -55,7 +55,8 @@ _CONVERSION_BLOCK = 1 << 22
 @triton.jit
 def _corners(y, x, height, width):
     """RoIAlign's bilinear sample at (y, x): whether it reads the map, its four neighbours and the
-    fractional parts (torchvision's rules: 0 beyond one pixel outside, clamped within it)."""
+    fractional parts (torchvision's rules: 0 beyond one pixel outside, clamped within it), as
+    rules.bilinear_sample_weights."""
     valid = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
     y = tl.minimum(tl.maximum(y, 0.0), height)
     x = tl.minimum(tl.maximum(x, 0.0), width)
@@ -86,7 +87,8 @@ def _accumulate(grad_ptr, offsets, value, mask, scale, DETERMINISTIC: tl.constex
 
 @triton.jit
 def _sample_position(start, bin_size, bins, sample, grid, low, high):
-    # The reference kernels' arithmetic order: start + p * bin + (s + .5) * bin / grid.
+    # rules.bilinear_sample_positions, in its arithmetic order: start + p * bin + (s + .5) *
+    # bin / grid.
     position = start + bins * bin_size + (sample + 0.5) * bin_size / grid
     return tl.minimum(tl.maximum(position, low), high)
 
@@ -209,7 +211,7 @@ def _bilinear_backward(grad_output_ptr, geometry_ptr, counts_ptr, argmax_ptr, gr
 
 @triton.jit
 def _hat_integral(t):
-    """The antiderivative of max(0, 1 - |s|), from -inf to t."""
+    """The antiderivative of max(0, 1 - |s|), from -inf to t: rules.hat_integral."""
     t = tl.minimum(tl.maximum(t, -1.0), 1.0)
     return tl.where(t < 0, (t + 1.0) * (t + 1.0) * 0.5, 1.0 - (1.0 - t) * (1.0 - t) * 0.5)
 
@@ -385,15 +387,13 @@ def roi_align_triton(features: Tensor, rois: Tensor, output_size: tuple[int, int
     feature pixels (see :func:`.roi_align.roi_align`)."""
     pooled_h, pooled_w = output_size
     bins = extent / extent.new_tensor([pooled_w, pooled_h])
-    if sampling_ratio > 0:
-        grid = torch.full_like(bins, sampling_ratio, dtype=torch.int64)
-    else:
-        grid = torch.ceil(bins).long()
+    grid_y = samples_per_bin(extent[:, 1], pooled_h, sampling_ratio)
+    grid_x = samples_per_bin(extent[:, 0], pooled_w, sampling_ratio)
     unbounded = torch.full_like(bins, math.inf)
     geometry = torch.stack((start[:, 1], start[:, 0], bins[:, 1], bins[:, 0],
                             -unbounded[:, 1], unbounded[:, 1], -unbounded[:, 0], unbounded[:, 0]),
                            1)
-    counts = _counts(rois, grid[:, 1], grid[:, 0])
+    counts = _counts(rois, grid_y, grid_x)
     return _BilinearPool.apply(features, geometry.contiguous(), counts, (pooled_h, pooled_w),
                                _MAX if mode == "max" else _AVG)
 
