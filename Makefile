@@ -24,7 +24,7 @@ $(STAMP): requirements.txt pyproject.toml $(wildcard detectron2_compat/*.py) $(i
 FORCE:
 
 test: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-all: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -95,7 +95,7 @@ gpu-bundle: setup
 GPU_RESULTS := benchmarks/results/cuda
 bench-gpu: setup
 	$(PY) -c "import torch; assert torch.cuda.is_available(), 'make bench-gpu needs a CUDA GPU'"
-	$(PY) -m pytest tests/test_cuda.py tests/test_poolers.py tests/test_triton_kernels.py
+	$(PY) -m pytest tests/test_cuda.py tests/test_poolers.py tests/test_roi_ops.py tests/test_triton_kernels.py
 	$(PY) -m benchmarks.roi_align --device cuda --output $(GPU_RESULTS)/roi_align.json
 	$(PY) -m benchmarks.train_step --device cuda --output $(GPU_RESULTS)/train_step.json
 	$(PY) -m benchmarks.inference --device cuda --output $(GPU_RESULTS)/inference.json

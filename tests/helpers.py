@@ -125,3 +125,36 @@ def registered(dataset, folder, name):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+_PEAK_PRELUDE = """
+def _status_bytes(field):
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def start_peak():
+    '''Reset this process's peak RSS (Linux: clear_refs 5) and return its RSS now.'''
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return _status_bytes("VmRSS")
+
+
+def peak_since(start):
+    '''How far the RSS peaked above ``start`` (bytes).'''
+    return _status_bytes("VmHWM") - start
+"""
+
+
+def peak_growth(script: str, *args: str) -> float:
+    """Run ``script`` in a fresh Python process and return the last number it prints. The script
+    can call ``start_peak()`` and ``peak_since(start)`` (peak resident memory growth, bytes): not
+    ``ru_maxrss``, which Linux carries over from the parent process (pytest) through ``execve``,
+    and which then hides any smaller peak."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", _PEAK_PRELUDE + script, *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.strip().splitlines()[-1])

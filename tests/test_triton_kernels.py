@@ -1,44 +1,27 @@
-"""The Triton (CUDA) kernels, without a GPU: run by Triton's interpreter on CPU tensors against the
-same references as the CPU ops, and compiled for real GPU targets.
-
-The interpreter is chosen when a kernel is decorated (and read again when it calls its helpers),
-so the kernels' module is loaded afresh here with ``TRITON_INTERPRET=1``, a private copy, and the
-variable is set only while a test runs one: the package's own import is left alone.
+"""The Triton (CUDA) kernels, without a GPU, beyond the grid of test_roi_ops.py (which runs them
+through the dispatch table against the references): their edge cases, low precision, the
+deterministic backward, launch devices, and compilation for real GPU targets. Run by Triton's
+interpreter on CPU tensors (conftest's ``triton_kernels``).
 """
 
-import importlib.util
 import itertools
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
-from torchvision.ops import roi_align as torchvision_roi_align
 
 import reference_ops
+from helpers import peak_growth
 from mask_rcnn_ext import layers
 from mask_rcnn_ext.layers.rules import quantised_crop_extent, scaled_boxes, validated_rois
 
-KERNELS = Path(layers.__file__).parent / "triton_roi_pool.py"
 OUTPUT = (3, 4)
 
 
-@pytest.fixture(scope="module")
-def _interpreted_module():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRITON_INTERPRET", "1")
-        spec = importlib.util.spec_from_file_location(
-            "mask_rcnn_ext.layers._triton_roi_pool_interpreted", KERNELS)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
-def kernels(_interpreted_module, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return _interpreted_module
+def kernels(triton_kernels):
+    return triton_kernels
 
 
 def _features(dtype=torch.float64, seed=0):
@@ -88,45 +71,6 @@ def _gradient(output, features, seed=1):
     return torch.autograd.grad(output, features, grad)[0]
 
 
-@pytest.mark.parametrize("sampling_ratio", [0, 2])
-@pytest.mark.parametrize("aligned", [False, True])
-def test_avg_equals_torchvision(kernels, aligned, sampling_ratio):
-    features = _features().requires_grad_(True)
-    ours = _align(kernels, features, BOXES, sampling_ratio, aligned, "avg")
-    reference = torchvision_roi_align(features, BOXES, OUTPUT, 0.5, sampling_ratio, aligned)
-    torch.testing.assert_close(ours, reference, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(_gradient(ours, features), _gradient(reference, features),
-                               atol=1e-12, rtol=1e-12)
-
-
-@pytest.mark.parametrize("sampling_ratio", [0, 2])
-@pytest.mark.parametrize("aligned", [False, True])
-def test_max_equals_per_sample_reference(kernels, aligned, sampling_ratio):
-    features = _features().requires_grad_(True)
-    ours = _align(kernels, features, BOXES, sampling_ratio, aligned, "max")
-    expected = reference_ops.roi_align_max(features.detach(), BOXES, OUTPUT, 0.5, sampling_ratio,
-                                           aligned)
-    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=1e-12)
-    # The CPU op's gradient (gradchecked in test_roi_align.py) is the reference for the backward.
-    cpu = layers.roi_align(features, BOXES, OUTPUT, 0.5, sampling_ratio, aligned, mode="max")
-    torch.testing.assert_close(_gradient(ours, features), _gradient(cpu, features),
-                               atol=1e-12, rtol=1e-12)
-
-
-@pytest.mark.parametrize("aligned", [False, True])
-def test_precise_equals_numerical_integration(kernels, aligned):
-    features = _features().requires_grad_(True)
-    ours = _precise(kernels, features, BOXES, aligned)
-    expected = reference_ops.precise_pool_numerical(features.detach(), BOXES, OUTPUT, 0.5,
-                                                    aligned, steps=256)
-    # The midpoint rule's error on 256 x 256 points stays below 1e-4 for these bins.
-    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
-    cpu = layers.precise_roi_pool(features, BOXES, OUTPUT, 0.5, aligned)
-    torch.testing.assert_close(ours, cpu, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(_gradient(ours, features), _gradient(cpu, features),
-                               atol=1e-12, rtol=1e-12)
-
-
 def test_precise_gives_zero_for_bins_of_negative_length_on_either_axis(kernels):
     """As the CPU op and the numerical integral: a box inverted on one axis or both pools to 0
     (inverted on both, its bins' 'area' is positive, which the kernel once took for a bin)."""
@@ -168,16 +112,6 @@ def test_max_propagates_nan_samples(kernels):
         cpu_grad, = torch.autograd.grad(cpu, features, grad)
         torch.testing.assert_close(ours_grad, cpu_grad, atol=1e-12, rtol=1e-12)
         features = features.detach()
-
-
-def test_warp_equals_crop_and_resize(kernels):
-    features = _features().requires_grad_(True)
-    ours = _warp(kernels, features, BOXES)
-    expected = reference_ops.roi_warp_by_resize(features.detach(), BOXES, OUTPUT, 0.5)
-    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=1e-12)
-    cpu = layers.roi_warp(features, BOXES, OUTPUT, 0.5)
-    torch.testing.assert_close(_gradient(ours, features), _gradient(cpu, features),
-                               atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -319,19 +253,19 @@ def test_every_launch_enters_the_features_device(kernels, monkeypatch):
 
 
 _CONVERSION_PEAK = """
-import resource, torch
+import torch
 from mask_rcnn_ext.layers import triton_roi_pool as kernels
 
 torch.use_deterministic_algorithms(True)
 shape = torch.Size((1, 64, 1024, 1024))
 gradient = kernels._GradientBuffer(torch.ones(4, 64, 7, 7), shape, torch.float32)
 gradient.buffer.random_(-2**40, 2**40)  # every page touched, as the kernels' additions do
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = start_peak()
 result = gradient.result(torch.float32)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+grown = peak_since(start)
 expected = gradient.buffer.double() / gradient.scale
 assert torch.equal(result, expected.float())
-print((after - before) * 1024 / shape.numel())
+print(grown / shape.numel())
 """
 
 
@@ -339,11 +273,5 @@ def test_deterministic_gradient_is_converted_without_feature_sized_float64_copie
     """Converting the int64 fixed-point gradient allocates its float32 result and O(block)
     temporaries: the peak grows by ~4 bytes per feature value (float64 copies of the whole
     buffer, as before, made it ~16)."""
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", _CONVERSION_PEAK], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    grown_per_value = float(result.stdout.strip().splitlines()[-1])
+    grown_per_value = peak_growth(_CONVERSION_PEAK)
     assert grown_per_value < 6, grown_per_value

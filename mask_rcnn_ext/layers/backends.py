@@ -1,6 +1,7 @@
 """Which implementation computes each RoI pooling op: the one place that decides, and the one
-function that calls it (:func:`pool`; the ops in :mod:`.roi_align`, :mod:`.precise_roi_pool`,
-:mod:`.roi_warp` and :mod:`.roi_pool` only name their computation and options).
+function that calls it (:func:`pool`), and the ops' module form (:class:`RoIPoolingModule`; the ops
+in :mod:`.roi_align`, :mod:`.precise_roi_pool`, :mod:`.roi_warp` and :mod:`.roi_pool` only name
+their computation and options).
 
 The computation (``roi_align`` avg or max, ``precise_roi_pool``, ``roi_warp``, ``roi_pool``) says
 *what* is computed; every implementation computes the same numbers (tested against the same
@@ -10,17 +11,17 @@ one runs, by device and mode (:func:`choose_backend`):
 ================  ===========  ============  ======================  ========================
 computation       CPU          CUDA          CUDA, deterministic     traced / scripted
 ================  ===========  ============  ======================  ========================
-roi_align avg     separable    torchvision   triton (fixed point)    torchvision
+roi_align avg     separable    torchvision   triton (fixed point)    traceable [3]
 roi_align max     separable    triton        triton (fixed point)    traceable
 precise_roi_pool  separable    triton [1]    triton (fixed point)    traceable
 roi_warp          separable    triton        triton (fixed point)    traceable
-roi_pool          torchvision  torchvision   torchvision [2]         torchvision
+roi_pool          torchvision  torchvision   torchvision [2]         traceable [3]
 ================  ===========  ============  ======================  ========================
 
 Other devices (MPS, XPU, ...) run the separable op, which is plain PyTorch. [1] When the boxes
 need a gradient (IoU-Net's box refinement), the separable op runs: the kernel's gradient is with
 respect to the features only. [2] Its gradient added by ``index_put_`` (:mod:`.torchvision_ops`):
-torchvision's CUDA backward refuses deterministic mode.
+torchvision's CUDA backward refuses deterministic mode. [3] Which is torchvision's op.
 
 Why:
 
@@ -38,16 +39,15 @@ Why:
 - CUDA, max / precise / warp: our Triton kernels (:mod:`.triton_roi_pool`); the separable op
   would also run, but synchronises with the host several times per call to size its chunks.
   No GPU figures have been measured for them yet (``make bench-gpu``).
-- Tracing and scripting: torchvision's ops trace, script and export to ONNX (``RoiAlign``,
-  opset >= 16 for ``aligned``; ``MaxRoiPool``). The others run :mod:`.traceable`, one padded
-  batch of windows whose sizes are tensors (the eager ops split their work by box values, which a
-  trace would freeze). TorchScript cannot compile this dispatch: scripted, the ops' modules run
-  their traceable formulation (one fork, :class:`._utils.RoIPoolingModule`).
+- Tracing and scripting: :func:`.traceable.pool`. For average RoIAlign and RoIPool it is
+  torchvision's ops, which trace, script and export to ONNX (``RoiAlign``, opset >= 16 for
+  ``aligned``; ``MaxRoiPool``); for the others, padded groups of windows whose sizes are tensors
+  (the eager ops split their work by box values, which a trace would freeze). TorchScript cannot
+  compile this dispatch: scripted, the ops' modules call :func:`.traceable.pool` (one fork, in
+  :meth:`RoIPoolingModule.forward`).
 
 :func:`forced` overrides the choice (benchmarks compare implementations with it).
 """
-
-from __future__ import annotations
 
 import contextlib
 import enum
@@ -55,15 +55,17 @@ import functools
 import importlib
 from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from . import separable, torchvision_ops, traceable
 from .rules import check_batch_indices, full_precision, rois_from_boxes, validated_rois
 
-__all__ = ["AUTO", "Backend", "COMPUTATIONS", "IMPLEMENTATIONS", "check_backend", "choose_backend",
-           "forced", "pool", "triton_ops"]
+__all__ = ["AUTO", "Backend", "COMPUTATIONS", "IMPLEMENTATIONS", "OPTIONS", "RoIPoolingModule",
+           "check_backend", "choose_backend", "forced", "pool", "triton_ops"]
 
 
 class Backend(str, enum.Enum):
@@ -95,34 +97,35 @@ IMPLEMENTATIONS: dict[str, dict[Backend, Callable[..., Tensor]]] = {
         Backend.SEPARABLE: functools.partial(separable.roi_align, mode="avg"),
         Backend.TORCHVISION: functools.partial(torchvision_ops.roi_align, mode="avg"),
         Backend.TRITON: _triton("roi_align", mode="avg"),
-        Backend.TRACEABLE: functools.partial(traceable.roi_align, mode="avg"),
+        Backend.TRACEABLE: functools.partial(traceable.pool, "roi_align_avg"),
     },
     "roi_align_max": {
         Backend.SEPARABLE: functools.partial(separable.roi_align, mode="max"),
         Backend.TRITON: _triton("roi_align", mode="max"),
-        Backend.TRACEABLE: functools.partial(traceable.roi_align, mode="max"),
+        Backend.TRACEABLE: functools.partial(traceable.pool, "roi_align_max"),
     },
     "precise_roi_pool": {
         Backend.SEPARABLE: separable.precise_roi_pool,
         Backend.TRITON: _triton("precise_roi_pool"),
-        Backend.TRACEABLE: traceable.precise_roi_pool,
+        Backend.TRACEABLE: functools.partial(traceable.pool, "precise_roi_pool"),
     },
     "roi_warp": {
         Backend.SEPARABLE: separable.roi_warp,
         Backend.TRITON: _triton("roi_warp"),
-        Backend.TRACEABLE: traceable.roi_warp,
+        Backend.TRACEABLE: functools.partial(traceable.pool, "roi_warp"),
     },
     "roi_pool": {
         Backend.TORCHVISION: torchvision_ops.roi_pool,
-        Backend.TRACEABLE: traceable.roi_pool,
+        Backend.TRACEABLE: functools.partial(traceable.pool, "roi_pool"),
     },
 }
 COMPUTATIONS = tuple(IMPLEMENTATIONS)
+# Each computation's options beyond output size and scale: its implementations' keyword arguments.
+OPTIONS = {"roi_align_avg": ("sampling_ratio", "aligned"),
+           "roi_align_max": ("sampling_ratio", "aligned"), "precise_roi_pool": ("aligned",),
+           "roi_warp": (), "roi_pool": ()}
 _DESCRIPTIONS = {"roi_align_avg": "mode='avg' of roi_align", "roi_align_max":
                  "mode='max' of roi_align"}
-_TRACED = {"roi_align_avg": Backend.TORCHVISION, "roi_align_max": Backend.TRACEABLE,
-           "precise_roi_pool": Backend.TRACEABLE, "roi_warp": Backend.TRACEABLE,
-           "roi_pool": Backend.TORCHVISION}
 # Computations whose result is differentiated with respect to the boxes too.
 _BOX_GRADIENTS = ("precise_roi_pool",)
 _forced: Backend | None = None
@@ -161,7 +164,7 @@ def choose_backend(computation: str, features: Tensor, *, boxes_need_grad: bool 
     if computation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown RoI pooling computation {computation!r}; one of {COMPUTATIONS}")
     if torch.jit.is_tracing():
-        return _TRACED[computation]
+        return Backend.TRACEABLE
     if _forced is not None:
         return _forced
     if requested != AUTO:
@@ -192,9 +195,8 @@ def pool(computation: str, input: Tensor, boxes: Tensor | list[Tensor],
     regression gives, and it must not turn the other RoIs' values into NaN). A trace records none
     of this: an exported graph has no data-dependent checks."""
     if torch.jit.is_tracing():
-        implementation = IMPLEMENTATIONS[computation][_TRACED[computation]]
-        return implementation(input, rois_from_boxes(boxes, input), output_size, spatial_scale,
-                              **options)
+        return traceable.pool(computation, input, rois_from_boxes(boxes, input), output_size,
+                              spatial_scale, **options)
     rois = validated_rois(boxes, input)
     if computation not in _BOX_GRADIENTS:
         rois = rois.detach()
@@ -226,3 +228,54 @@ def forced(backend: Backend | str) -> Iterator[None]:
         yield
     finally:
         _forced = previous
+
+
+class RoIPoolingModule(nn.Module):
+    """An RoI op as a module: ``forward(input, boxes)`` is :func:`pool` of ``computation`` with the
+    module's options (:data:`OPTIONS`) and ``backend``. Scripted, it is :func:`.traceable.pool`:
+    TorchScript cannot compile the dispatch.
+
+    Args:
+        computation: one of :data:`COMPUTATIONS`.
+        output_size: (P, Q), or one int for both.
+        spatial_scale: feature-map pixels per image pixel.
+        sampling_ratio, aligned: options of the computations that have them (:data:`OPTIONS`);
+            the others ignore them.
+    """
+
+    computation: str
+    # Which implementation runs (see check_backend); "auto": the table's choice.
+    backend: str = AUTO
+
+    def __init__(self, computation: str, output_size: Union[int, tuple[int, int]],  # noqa: UP007
+                 spatial_scale: float, sampling_ratio: int = 0, aligned: bool = False):
+        super().__init__()
+        self.computation = computation
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio, self.aligned = sampling_ratio, aligned
+
+    def forward(self, input: Tensor,
+                boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
+        if torch.jit.is_scripting():
+            return traceable.pool(self.computation, input, rois_from_boxes(boxes, input),
+                                  self.output_size, self.spatial_scale, self.sampling_ratio,
+                                  self.aligned)
+        return self.pooled(input, boxes)
+
+    @torch.jit.unused
+    def pooled(self, input: Tensor,
+               boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
+        """The eager (and traced) op."""
+        return pool(self.computation, input, boxes, self.output_size, self.spatial_scale,
+                    backend=self.backend, **self.options())
+
+    @torch.jit.unused
+    def options(self) -> dict:
+        return {name: getattr(self, name) for name in OPTIONS[self.computation]}
+
+    def extra_repr(self) -> str:
+        options = {**self.options(), **({"backend": self.backend} if self.backend != AUTO
+                                        else {})}
+        listed = "".join(f", {key}={value!r}" for key, value in options.items())
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}{listed}"

@@ -19,9 +19,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from . import traceable
-from ._utils import RoIPoolingModule
-from .backends import pool
+from .backends import RoIPoolingModule, pool
 
 __all__ = ["precise_roi_pool", "PreciseROIPool"]
 
@@ -53,16 +51,6 @@ def precise_roi_pool(
 class PreciseROIPool(RoIPoolingModule):
     """:func:`precise_roi_pool` as a module: ``forward(input, boxes)``."""
 
-    computation = "precise_roi_pool"
-
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float,
                  aligned: bool = False):
-        super().__init__(output_size, spatial_scale)
-        self.aligned = aligned
-
-    def options(self) -> dict:
-        return {"aligned": self.aligned}
-
-    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
-        return traceable.precise_roi_pool(input, rois, self.output_size, self.spatial_scale,
-                                          self.aligned)
+        super().__init__("precise_roi_pool", output_size, spatial_scale, aligned=aligned)

@@ -27,9 +27,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from . import traceable
-from ._utils import RoIPoolingModule
-from .backends import pool
+from .backends import RoIPoolingModule, pool
 
 __all__ = ["roi_align", "ROIAlign"]
 
@@ -74,17 +72,9 @@ class ROIAlign(RoIPoolingModule):
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float,
                  sampling_ratio: int, aligned: bool = False, mode: str = "avg"):
-        super().__init__(output_size, spatial_scale)
         _check_mode(mode)
-        self.sampling_ratio, self.aligned, self.mode = sampling_ratio, aligned, mode
-        self.computation = f"roi_align_{mode}"
-
-    def options(self) -> dict:
-        return {"sampling_ratio": self.sampling_ratio, "aligned": self.aligned}
-
-    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
-        return traceable.roi_align(input, rois, self.output_size, self.spatial_scale,
-                                   self.sampling_ratio, self.aligned, self.mode)
+        super().__init__(f"roi_align_{mode}", output_size, spatial_scale, sampling_ratio, aligned)
+        self.mode = mode
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode!r}"

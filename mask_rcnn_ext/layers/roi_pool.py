@@ -6,9 +6,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from . import traceable
-from ._utils import RoIPoolingModule
-from .backends import pool
+from .backends import RoIPoolingModule, pool
 
 __all__ = ["roi_pool", "ROIPool"]
 
@@ -30,7 +28,5 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tup
 class ROIPool(RoIPoolingModule):
     """:func:`roi_pool` as a module: ``forward(input, boxes)``."""
 
-    computation = "roi_pool"
-
-    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
-        return traceable.roi_pool(input, rois, self.output_size, self.spatial_scale)
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
+        super().__init__("roi_pool", output_size, spatial_scale)

@@ -14,9 +14,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from . import traceable
-from ._utils import RoIPoolingModule
-from .backends import pool
+from .backends import RoIPoolingModule, pool
 
 __all__ = ["roi_warp", "ROIWarp"]
 
@@ -42,7 +40,5 @@ def roi_warp(
 class ROIWarp(RoIPoolingModule):
     """:func:`roi_warp` as a module: ``forward(input, boxes)``."""
 
-    computation = "roi_warp"
-
-    def scripted(self, input: Tensor, rois: Tensor) -> Tensor:
-        return traceable.roi_warp(input, rois, self.output_size, self.spatial_scale)
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
+        super().__init__("roi_warp", output_size, spatial_scale)

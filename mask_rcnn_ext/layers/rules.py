@@ -1,7 +1,13 @@
 """The rules of RoI pooling, each written once and followed by every implementation (the eager
 separable ops, the traced formulation, the Triton kernels' launch code): the RoI format and its
-checks, the dtype of box arithmetic, box scaling and quantisation, sample positions, and the
-interpolation weights and their integrals.
+checks, the dtype of box arithmetic, box scaling and quantisation, sample positions, which samples
+count, the interpolation weights and their integrals, and the separable contraction that both the
+eager and the traced ops compute:
+
+    out[k] = Wy[k] @ F[b_k, window_k] @ Wx[k].T
+
+with ``Wy`` (P x Ly) and ``Wx`` (Q x Lx) the weights of each output row and column over the RoI's
+window of Ly x Lx pixels (a 2-D bilinear weight is the product of a y-weight and an x-weight).
 
 Written for TorchScript too (the traced formulation is scripted): typing's ``Union``, no Python
 values computed from tensor data outside the eager-only checks. Where Triton's language forces a
@@ -15,14 +21,20 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "bilinear_bin_weights",
     "bilinear_sample_positions",
     "bilinear_sample_weights",
+    "bilinear_samples",
     "check_batch_indices",
     "compute_dtype",
+    "contract_along_x",
+    "contract_along_y",
     "full_precision",
+    "gather_windows",
     "hat",
     "hat_integral",
     "integrated_bin_weights",
+    "pixel_table",
     "quantised_crop",
     "quantised_crop_extent",
     "quantised_crops",
@@ -31,6 +43,7 @@ __all__ = [
     "samples_per_bin",
     "scaled_boxes",
     "validated_rois",
+    "window_columns",
 ]
 
 
@@ -89,6 +102,30 @@ def bilinear_sample_weights(position: Tensor, valid: Tensor, size: int, pixels: 
     return weights * valid[..., None]
 
 
+def bilinear_samples(roi_start: Tensor, roi_length: Tensor, pooled: int, grid: Tensor,
+                     steps: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """RoIAlign's samples along one axis: their positions (:func:`bilinear_sample_positions`)
+    and which of them count, (K, P, S) each. A sample counts when its RoI has samples (``grid``
+    (K,) > 0) and it lies within one pixel of the map, in [-1, ``size``]."""
+    position = bilinear_sample_positions(roi_start, roi_length, pooled, grid.clamp(min=1), steps)
+    valid = (grid[:, None, None] > 0) & (position >= -1) & (position <= size)
+    return position, valid
+
+
+def bilinear_bin_weights(position: Tensor, valid: Tensor, grid: Tensor, size: int,
+                         pixels: Tensor, per_sample: bool) -> Tensor:
+    """RoIAlign's weights along one axis over (K, L) ``pixels``, from :func:`bilinear_samples`:
+    (K, P, L), each bin's mean over its ``grid`` (K,) samples, or with ``per_sample`` one row per
+    sample slot, bin-major: (K, P * S, L) (for the maximum; a slot past ``grid`` repeats a sample
+    of its bin)."""
+    weights = bilinear_sample_weights(position, valid, size, pixels)  # (K, P, S, L)
+    num_rois, pooled, slots, length = weights.shape
+    if per_sample:
+        return weights.reshape(num_rois, pooled * slots, length)
+    real = torch.arange(slots, device=grid.device)[None, None, :] < grid[:, None, None]
+    return (weights * real[..., None]).sum(2) / grid.clamp(min=1)[:, None, None].to(weights.dtype)
+
+
 def hat_integral(t: Tensor) -> Tensor:
     """The antiderivative of hat(s) = max(0, 1 - |s|), from -inf to t."""
     t = t.clamp(-1, 1)
@@ -117,6 +154,41 @@ def resized_crop_weights(crop_length: Tensor, pooled: int, offsets: Tensor) -> T
     source = ((outputs[None] + 0.5) * crop / pooled - 0.5).clamp(min=0)
     source = torch.minimum(source, crop - 1)  # (K, P), in crop pixels
     return hat(source[:, :, None] - offsets[:, None, :])
+
+
+def pixel_table(features: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N*H*W, C): one row of C values per pixel (a view if channels_last)."""
+    num_images, channels, height, width = features.shape
+    return features.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
+
+
+def gather_windows(table: Tensor, index: Tensor) -> Tensor:
+    """The (G, Ly, Lx) window pixels' rows of a :func:`pixel_table` -> (G, Ly, Lx, C)."""
+    return table.index_select(0, index.reshape(-1)).view(
+        index.shape[0], index.shape[1], index.shape[2], table.shape[1])
+
+
+def contract_along_y(windows: Tensor, weights_y: Tensor) -> Tensor:
+    """(G, Ly, Lx, C) windows contracted along y with (G, R, Ly) weights -> (G, R, Lx, C): one
+    (R x Ly) @ (Ly x Lx*C) product per RoI."""
+    num, length_y, length_x, channels = windows.shape
+    along_y = torch.bmm(weights_y, windows.reshape(num, length_y, length_x * channels))
+    return along_y.view(num, weights_y.shape[1], length_x, channels)
+
+
+def window_columns(along_y: Tensor) -> Tensor:
+    """(G, R, Lx, C) -> (G, Lx, R * C): each window column's values contiguous, so that the x
+    contraction is one product per RoI (measured 4x faster on CPU than R products per RoI at max
+    pooling's sample counts, and no slower at average pooling's)."""
+    num, rows, length_x, channels = along_y.shape
+    return along_y.transpose(1, 2).reshape(num, length_x, rows * channels)
+
+
+def contract_along_x(along_y: Tensor, weights_x: Tensor) -> Tensor:
+    """(G, R, Lx, C) values contracted along x with (G, S, Lx) weights -> (G, S, R, C)."""
+    num, rows, _, channels = along_y.shape
+    return torch.bmm(weights_x, window_columns(along_y)).view(num, weights_x.shape[1], rows,
+                                                              channels)
 
 
 def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,

@@ -29,17 +29,22 @@ import torch
 from torch import Tensor
 
 from .rules import (
-    bilinear_sample_positions,
-    bilinear_sample_weights,
+    bilinear_bin_weights,
+    bilinear_samples,
+    contract_along_x,
+    contract_along_y,
+    gather_windows,
     integrated_bin_weights,
+    pixel_table,
     quantised_crops,
     resized_crop_weights,
     samples_per_bin,
     scaled_boxes,
+    window_columns,
 )
 
 __all__ = ["AxisWeights", "pool_separable", "precise_roi_pool", "roi_align", "roi_warp",
-           "window_columns", "window_pixels"]
+           "window_pixels"]
 
 # Upper bound on the gathered window values of one chunk (floats): bounds temporary memory.
 # Kept well under glibc's largest mmap threshold (32 MB), so that chunk temporaries are reused
@@ -123,11 +128,11 @@ class _WindowContraction(torch.autograd.Function):
     """All chunks' window contractions in one autograd node.
 
     Inputs: the (N, C, H, W) features, then per chunk its window pixel index (G, Ly, Lx) into the
-    features' pixels and its weights (G, R, Ly) and (G, S, Lx). Outputs per chunk: (G, R, S, C).
-    Windows are contracted along y first, one (R x Ly) @ (Ly x Lx*C) product per RoI, then along
-    x. The backward accumulates every chunk's window gradients into one pixel-row buffer with
-    ``index_add_`` (autograd's own indexing backward would allocate and fill one feature-sized
-    buffer per chunk) and returns it in the features' NCHW layout.
+    features' pixels and its weights (G, R, Ly) and (G, S, Lx). Outputs per chunk: (G, S, R, C)
+    (:func:`.rules.contract_along_y`, then :func:`.rules.contract_along_x`), or (G, R, Lx, C)
+    without ``contract_x``. The backward accumulates every chunk's window gradients into one
+    pixel-row buffer with ``index_add_`` (autograd's own indexing backward would allocate and
+    fill one feature-sized buffer per chunk) and returns it in the features' NCHW layout.
     """
 
     @staticmethod
@@ -136,17 +141,16 @@ class _WindowContraction(torch.autograd.Function):
         # Converting the whole map to pixel rows pays off when the windows cover much of it;
         # otherwise each window value is read straight from the NCHW map.
         if window_pixels > _DIRECT_GATHER_FRACTION * features.numel() // features.shape[1]:
-            table = _pixel_table(features)
-            gather = functools.partial(_gather, table)
+            table = pixel_table(features)
+            gather = functools.partial(gather_windows, table)
         else:
             gather = functools.partial(_gather_direct, features)
         outputs = []
         for index, weights_y, weights_x in zip(chunks[0::3], chunks[1::3], chunks[2::3],
                                                 strict=True):
-            along_y = _contract_y(gather(index).to(weights_y.dtype), weights_y)
+            along_y = contract_along_y(gather(index).to(weights_y.dtype), weights_y)
             if contract_x:
-                along_y = torch.bmm(weights_x, window_columns(along_y)).view(
-                    index.shape[0], weights_x.shape[1], weights_y.shape[1], -1)
+                along_y = contract_along_x(along_y, weights_x)
             outputs.append(along_y)
         ctx.contract_x = contract_x
         ctx.save_for_backward(features, *chunks)
@@ -188,24 +192,18 @@ class _WindowContraction(torch.autograd.Function):
                 grad_table.index_add_(0, index.reshape(-1), grad_windows.view(-1, channels))
             grad_y = grad_x = None
             if need_y or need_x:
-                table = _pixel_table(features) if table is None else table
-                windows = _gather(table, index).to(dtype)
+                table = pixel_table(features) if table is None else table
+                windows = gather_windows(table, index).to(dtype)
             if need_y:
                 grad_y = torch.bmm(grad_along_y, windows.view(num, length_y, -1).transpose(1, 2))
             if need_x and ctx.contract_x:
-                grad_x = torch.bmm(grad_values,
-                                   window_columns(_contract_y(windows, weights_y)).transpose(1, 2))
+                along_y = contract_along_y(windows, weights_y)
+                grad_x = torch.bmm(grad_values, window_columns(along_y).transpose(1, 2))
             grad_chunks += [None, grad_y, grad_x]
         grad_features = None
         if grad_table is not None:
             grad_features = _channels_first(grad_table, features.shape).to(features.dtype)
         return (grad_features, None, *grad_chunks)
-
-
-def _pixel_table(features: Tensor) -> Tensor:
-    """(N, C, H, W) -> (N*H*W, C): one row of C values per pixel (a view if channels_last)."""
-    num_images, channels, height, width = features.shape
-    return features.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
 
 
 def _channels_first(table: Tensor, shape: torch.Size) -> Tensor:
@@ -225,31 +223,11 @@ def _channels_first(table: Tensor, shape: torch.Size) -> Tensor:
     return output.view(shape)
 
 
-def _gather(table: Tensor, index: Tensor) -> Tensor:
-    """The (G, Ly, Lx) window pixels' rows of ``table`` -> (G, Ly, Lx, C)."""
-    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
-
-
 def _gather_direct(features: Tensor, index: Tensor) -> Tensor:
     """The (G, Ly, Lx) window pixels (indices into N*H*W) of NCHW ``features`` -> (G, Ly, Lx, C)."""
     num_images, channels, height, width = features.shape
     image, pixel = index // (height * width), index % (height * width)
     return features.view(num_images, channels, height * width)[image, :, pixel]
-
-
-def window_columns(along_y: Tensor) -> Tensor:
-    """(G, R, Lx, C) -> (G, Lx, R * C): each window column's values contiguous, so that the x
-    contraction is one product per RoI (measured 4x faster on CPU than R products per RoI at max
-    pooling's sample counts, and no slower at average pooling's)."""
-    num, rows, length_x, channels = along_y.shape
-    return along_y.transpose(1, 2).reshape(num, length_x, rows * channels)
-
-
-def _contract_y(windows: Tensor, weights_y: Tensor) -> Tensor:
-    """(G, Ly, Lx, C) windows contracted along y with (G, R, Ly) -> (G, R, Lx, C)."""
-    num, length_y, length_x, channels = windows.shape
-    along_y = torch.bmm(weights_y, windows.view(num, length_y, length_x * channels))
-    return along_y.view(num, -1, length_x, channels)
 
 
 def pool_separable(
@@ -325,11 +303,8 @@ class BilinearSamples(AxisWeights):
         self.pooled, self.size, self.per_sample = pooled, size, per_sample
         steps = torch.arange(max(int(self.grid.max()), 1) if len(self.grid) else 1,
                              device=roi_start.device)
-        self.real = steps[None, None, :] < self.grid[:, None, None]  # (K, 1, S)
-        self.position = bilinear_sample_positions(roi_start, roi_length, pooled,
-                                                  self.grid.clamp(min=1), steps)  # (K, P, S)
-        self.valid = (self.grid[:, None, None] > 0) & (self.position >= -1) & (
-            self.position <= size)
+        self.position, self.valid = bilinear_samples(roi_start, roi_length, pooled, self.grid,
+                                                     steps, size)  # (K, P, S)
         # The window spans the valid samples, clamped onto the map.
         on_map = self.position.clamp(0, size - 1)
         low = torch.where(self.valid, on_map, math.inf).amin(dim=(1, 2))
@@ -345,15 +320,9 @@ class BilinearSamples(AxisWeights):
     def matrix(self, rows: Tensor, length: int) -> Tensor:
         samples = self.samples_per_bin(rows)
         position = self.position[rows, :, :samples]
-        valid = self.valid[rows, :, :samples]
-        if not self.per_sample:
-            valid = valid & self.real[rows, :, :samples]
         pixels = window_pixels(self.start[rows], length, position.dtype)
-        weights = bilinear_sample_weights(position, valid, self.size, pixels)  # (G, P, S, L)
-        if self.per_sample:
-            return weights.reshape(rows.shape[0], self.pooled * samples, length)
-        grid = self.grid[rows].clamp(min=1)[:, None, None].to(weights.dtype)
-        return weights.sum(2) / grid
+        return bilinear_bin_weights(position, self.valid[rows, :, :samples], self.grid[rows],
+                                    self.size, pixels, self.per_sample)
 
 
 class _SampleMaximum(torch.autograd.Function):

@@ -1,23 +1,23 @@
 """Every RoI pooling computation as plain tensor operations: what runs while a model is traced
-(``torch.jit.trace``, and so ONNX export) or scripted (``torch.jit.script``).
+(``torch.jit.trace``, and so ONNX export) or scripted (``torch.jit.script``), through
+:func:`pool`.
 
 The eager ops split the RoIs into chunks of similar window size, Python decisions on box values
-that a trace would freeze. Here every RoI's window is padded to the longest one, whose length is a
-tensor, so one trace is right for any boxes, any number of them and any feature-map size:
+that a trace would freeze. Here the RoIs are sorted by box area and split into ``_GROUPS`` groups
+of equal count, and each group's windows are padded to the group's longest, whose length is a
+tensor, so one trace is right for any boxes, any number of them and any feature-map size (the
+groups are a loop, in TorchScript and in ONNX). Each group computes the separable contraction of
+:mod:`.rules` with weights built by the same rules as the eager ops. In ONNX this is Loop, TopK,
+Slice, Range, Gather, MatMul, ReduceMax and elementwise operators only. Average RoIAlign and
+RoIPool use torchvision's ops, which trace, script and export to ONNX's ``RoiAlign`` /
+``MaxRoiPool``.
 
-    out[k] = Wy[k] @ F[b_k, window_k] @ Wx[k].T
-
-with (K, R, L) weight matrices over the padded windows, built by the same rules as the eager ops
-(:mod:`.rules`). In ONNX this is Range, Gather, MatMul,
-ReduceMax and elementwise operators only. Average RoIAlign and RoIPool use torchvision's ops,
-which trace, script and export to ONNX's ``RoiAlign`` / ``MaxRoiPool``.
-
-Memory: the windows of all RoIs at once, K x Ly x Lx x C values (Ly, Lx the longest window
-sides), where the eager ops bound theirs by chunking; fine for inference, which is what exported
-models run. Written for TorchScript: typing's ``Union`` (TorchScript reads no ``X | Y``
-annotations), no Python values computed from tensor data.
+Memory: the windows of one group at a time, at most ceil(K / ``_GROUPS``) x Ly x Lx x C values
+(Ly, Lx the group's longest window sides, at most the map's), where padding every RoI to the
+longest window of all would hold K of them (about 18 GB for an R50-C4 model's 1000 proposals at
+800 x 1216). Written for TorchScript: typing's ``Union``, no Python values computed from tensor
+data.
 """
-
 
 import torch
 from torch import Tensor
@@ -25,19 +25,70 @@ from torchvision.ops import roi_align as torchvision_roi_align
 from torchvision.ops import roi_pool as torchvision_roi_pool
 
 from .rules import (
-    bilinear_sample_positions,
-    bilinear_sample_weights,
+    bilinear_bin_weights,
+    bilinear_samples,
+    contract_along_x,
+    contract_along_y,
+    gather_windows,
     integrated_bin_weights,
+    pixel_table,
     quantised_crop,
     resized_crop_weights,
     samples_per_bin,
     scaled_boxes,
 )
 
-__all__ = ["precise_roi_pool", "roi_align", "roi_pool", "roi_warp"]
+__all__ = ["pool"]
+
+# Groups of RoIs pooled one after the other: the windows held at once are a sixteenth of
+# padding all RoIs together.
+_GROUPS = 16
 
 
-# The traced formulation.
+def pool(computation: str, input: Tensor, rois: Tensor, output_size: tuple[int, int],
+         spatial_scale: float, sampling_ratio: int = 0, aligned: bool = False,
+         groups: int = _GROUPS) -> Tensor:
+    """``computation`` (a row of :data:`.backends.IMPLEMENTATIONS`) of (N, C, H, W) ``input`` over
+    (K, 5) ``rois`` -> (K, C, P, Q); ``sampling_ratio`` and ``aligned`` where it has them. The
+    RoIs are pooled in ``groups`` groups (an argument: TorchScript reads no module constants)."""
+    if computation == "roi_align_avg":
+        return torchvision_roi_align(input.to(rois.dtype), rois, output_size, spatial_scale,
+                                     sampling_ratio, aligned).to(input.dtype)
+    if computation == "roi_pool":
+        return torchvision_roi_pool(input.to(rois.dtype), rois, output_size,
+                                    spatial_scale).to(input.dtype)
+    return _in_groups(computation, input, rois, output_size, spatial_scale, sampling_ratio,
+                      aligned, groups)
+
+
+# Traced, this is one call of its compiled form (a loop; ONNX's Loop), not ``groups`` unrolled
+# copies: unrolled, the graph of an R18-FPN with ROIAlignMax grew from about 7,000 nodes to
+# 100,000, and its ONNX export and first runs took minutes.
+@torch.jit.script_if_tracing
+def _in_groups(computation: str, input: Tensor, rois: Tensor, output_size: tuple[int, int],
+               spatial_scale: float, sampling_ratio: int, aligned: bool, groups: int) -> Tensor:
+    # One empty box (area 0, image 0) per group, so that no group is empty: ONNX Runtime cannot
+    # reshape empty tensors whose shape it infers (-1), and the ops handle K = 0 alike.
+    count = rois.shape[0]
+    padded = torch.cat((rois, rois.new_zeros(groups, 5)))
+    area = (padded[:, 3] - padded[:, 1]).abs() * (padded[:, 4] - padded[:, 2]).abs()
+    order = torch.argsort(area)
+    total = order.shape[0]
+    pooled: list[Tensor] = []
+    for group in range(groups):
+        members = padded.index_select(0, order[total * group // groups:
+                                               total * (group + 1) // groups])
+        if computation == "roi_align_max":
+            pooled.append(_roi_align_max(input, members, output_size, spatial_scale,
+                                         sampling_ratio, aligned))
+        elif computation == "precise_roi_pool":
+            pooled.append(_precise_roi_pool(input, members, output_size, spatial_scale, aligned))
+        elif computation == "roi_warp":
+            pooled.append(_roi_warp(input, members, output_size, spatial_scale))
+        else:
+            raise ValueError("unknown RoI pooling computation " + computation)
+    where = torch.argsort(order)[:count]  # each RoI's place in the sorted order
+    return torch.cat(pooled).index_select(0, where).to(input.dtype)
 
 
 def _windows(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -56,62 +107,44 @@ def _contract(features: Tensor, batch_index: Tensor, rows: Tensor, weights_y: Te
               columns: Tensor, weights_x: Tensor) -> Tensor:
     """Each RoI's window (rows (K, Ly) x columns (K, Lx) of image ``batch_index``) contracted
     with (K, R, Ly) and (K, S, Lx) weights -> (K, S, R, C), in the weights' dtype."""
-    num_rois = rows.shape[0]
-    _, channels, height, width = features.shape
+    _, _, height, width = features.shape
     index = (batch_index[:, None, None] * height + rows[:, :, None]) * width + columns[:, None, :]
-    table = features.permute(0, 2, 3, 1).reshape(-1, channels)
-    windows = table.index_select(0, index.reshape(-1)).to(weights_y.dtype)
-    windows = windows.reshape(num_rois, rows.shape[1], columns.shape[1] * channels)
-    along_y = torch.bmm(weights_y, windows).reshape(num_rois, weights_y.shape[1],
-                                                    columns.shape[1], channels)
-    along_y = along_y.transpose(1, 2).reshape(num_rois, columns.shape[1],
-                                              weights_y.shape[1] * channels)
-    return torch.bmm(weights_x, along_y).reshape(num_rois, weights_x.shape[1],
-                                                 weights_y.shape[1], channels)
+    windows = gather_windows(pixel_table(features), index).to(weights_y.dtype)
+    return contract_along_x(contract_along_y(windows, weights_y), weights_x)
 
 
 def _align_axis(roi_start: Tensor, roi_length: Tensor, pooled: int, sampling_ratio: int,
-                size: int, per_sample: bool) -> tuple[Tensor, Tensor]:
-    """RoIAlign's weights along one axis -> (K, R, L) and the (K, L) window indices. R = P bins
-    (averages), or S x P samples, sample-major (``per_sample``, for maxima)."""
+                size: int) -> tuple[Tensor, Tensor]:
+    """RoIAlign's weights along one axis, one row per sample slot (bin-major) -> (K, P * S, L),
+    and the (K, L) window indices."""
     grid = samples_per_bin(roi_length, pooled, sampling_ratio)
     slots = torch.cat((grid, grid.new_ones(1))).max().long()
     steps = torch.arange(slots, device=roi_start.device)
-    position = bilinear_sample_positions(roi_start, roi_length, pooled, grid.clamp(min=1), steps)
-    valid = (grid[:, None, None] > 0) & (position >= -1) & (position <= size)
+    position, valid = bilinear_samples(roi_start, roi_length, pooled, grid, steps, size)
     pixels, index = _windows(roi_start, roi_start + roi_length, size)
-    weights = bilinear_sample_weights(position, valid, size, pixels)  # (K, P, S, L)
-    if per_sample:
-        rows = weights.shape[1] * weights.shape[2]
-        return weights.transpose(1, 2).reshape(weights.shape[0], rows, weights.shape[3]), index
-    real = steps[None, None, :] < grid[:, None, None]
-    return (weights * real[..., None]).sum(2) / grid.clamp(min=1)[:, None, None], index
+    return bilinear_bin_weights(position, valid, grid, size, pixels, True), index
 
 
-def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-              sampling_ratio: int, aligned: bool, mode: str) -> Tensor:
-    """:func:`mask_rcnn_ext.layers.roi_align` on (K, 5) ``rois`` -> (K, C, P, Q)."""
+def _roi_align_max(input: Tensor, rois: Tensor, output_size: tuple[int, int],
+                   spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
     pooled_h, pooled_w = output_size
-    if mode == "avg":
-        return torchvision_roi_align(input.to(rois.dtype), rois, output_size, spatial_scale,
-                                     sampling_ratio, aligned).to(input.dtype)
     start, extent = scaled_boxes(rois, spatial_scale, aligned, True)
-    height, width = input.shape[-2], input.shape[-1]
-    weights_y, rows = _align_axis(start[:, 1], extent[:, 1], pooled_h, sampling_ratio, height,
-                                  True)
-    weights_x, columns = _align_axis(start[:, 0], extent[:, 0], pooled_w, sampling_ratio, width,
-                                     True)
+    weights_y, rows = _align_axis(start[:, 1], extent[:, 1], pooled_h, sampling_ratio,
+                                  input.shape[-2])
+    weights_x, columns = _align_axis(start[:, 0], extent[:, 0], pooled_w, sampling_ratio,
+                                     input.shape[-1])
+    # (K, Q * Sx, P * Sy, C), bin-major on both axes: the maximum over each bin's samples.
     samples = _contract(input, rois[:, 0].long(), rows, weights_y, columns, weights_x)
-    num_rois, columns, rows, channels = samples.shape
-    # (K, Sx * Q, Sy * P, C), sample-major on both axes: the maximum over each bin's samples.
-    samples = samples.reshape(num_rois, columns // pooled_w, pooled_w, rows, channels).amax(1)
-    best = samples.reshape(num_rois, pooled_w, rows // pooled_h, pooled_h, channels).amax(2)
-    return best.permute(0, 3, 2, 1).to(input.dtype)
+    num_rois, sample_columns, sample_rows, channels = samples.shape
+    samples = samples.view(num_rois, pooled_w, sample_columns // pooled_w, pooled_h,
+                           sample_rows // pooled_h, channels)
+    # The first of equal maxima in (y, x) order takes the gradient, as in the eager ops.
+    best_in_row = samples.max(dim=2).values  # (K, Q, P, Sy, C)
+    return best_in_row.max(dim=3).values.permute(0, 3, 2, 1)
 
 
-def precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
-                     spatial_scale: float, aligned: bool) -> Tensor:
-    """:func:`mask_rcnn_ext.layers.precise_roi_pool` on (K, 5) ``rois`` -> (K, C, P, Q)."""
+def _precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
+                      spatial_scale: float, aligned: bool) -> Tensor:
     start, extent = scaled_boxes(rois, spatial_scale, aligned, False)
     height, width = input.shape[-2], input.shape[-1]
     pixels_y, rows = _windows(start[:, 1], start[:, 1] + extent[:, 1], height)
@@ -122,11 +155,11 @@ def precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
     weights_x = (integrated_bin_weights(start[:, 0], extent[:, 0], output_size[1], pixels_x)
                  * (pixels_x < width)[:, None])
     pooled = _contract(input, rois[:, 0].long(), rows, weights_y, columns, weights_x)
-    return pooled.permute(0, 3, 2, 1).to(input.dtype)
+    return pooled.permute(0, 3, 2, 1)
 
 
 def _crop_axis(low: Tensor, high: Tensor, pooled: int, size: int) -> tuple[Tensor, Tensor]:
-    """RoIWarp's weights along one axis (:func:`quantised_crop`, then the crop resized)
+    """RoIWarp's weights along one axis (:func:`.rules.quantised_crop`, then the crop resized)
     -> (K, P, L) and the (K, L) window indices."""
     first, last = quantised_crop(low, high, size)
     pixels, index = _windows(first, last, size)
@@ -134,19 +167,10 @@ def _crop_axis(low: Tensor, high: Tensor, pooled: int, size: int) -> tuple[Tenso
     return weights, index
 
 
-def roi_warp(input: Tensor, rois: Tensor, output_size: tuple[int, int],
-             spatial_scale: float) -> Tensor:
-    """:func:`mask_rcnn_ext.layers.roi_warp` on (K, 5) ``rois`` -> (K, C, P, Q)."""
+def _roi_warp(input: Tensor, rois: Tensor, output_size: tuple[int, int],
+              spatial_scale: float) -> Tensor:
     scaled = rois[:, 1:] * spatial_scale
-    height, width = input.shape[-2], input.shape[-1]
-    weights_y, rows = _crop_axis(scaled[:, 1], scaled[:, 3], output_size[0], height)
-    weights_x, columns = _crop_axis(scaled[:, 0], scaled[:, 2], output_size[1], width)
+    weights_y, rows = _crop_axis(scaled[:, 1], scaled[:, 3], output_size[0], input.shape[-2])
+    weights_x, columns = _crop_axis(scaled[:, 0], scaled[:, 2], output_size[1], input.shape[-1])
     pooled = _contract(input, rois[:, 0].long(), rows, weights_y, columns, weights_x)
-    return pooled.permute(0, 3, 2, 1).to(input.dtype)
-
-
-def roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
-             spatial_scale: float) -> Tensor:
-    """:func:`mask_rcnn_ext.layers.roi_pool` on (K, 5) ``rois`` -> (K, C, P, Q)."""
-    return torchvision_roi_pool(input.to(rois.dtype), rois, output_size,
-                                spatial_scale).to(input.dtype)
+    return pooled.permute(0, 3, 2, 1)

@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from mask_rcnn_ext import layers
-from mask_rcnn_ext.layers._utils import RoIPoolingModule
-from mask_rcnn_ext.layers.backends import AUTO, check_backend
+from mask_rcnn_ext.layers.backends import AUTO, RoIPoolingModule, check_backend
 from mask_rcnn_ext.layers.rules import compute_dtype
 
 __all__ = ["POOLER_REGISTRY", "ROIPooler"]
