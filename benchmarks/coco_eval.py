@@ -4,7 +4,7 @@ default COCOEvaluator, on the same Mask R-CNN-style predictions, in one process.
 The predictions are what Mask R-CNN gives COCOEvaluator: per image, 100 detections (boxes, scores,
 classes, full-image bool masks, as DETECTIONS_PER_IMAGE = 100 and a low score threshold give),
 three near each of 2-11 ground-truth objects and the rest scattered, on 480 x 640 images
-(``mask_rcnn_ext.data.synthetic.evaluation_problem``).
+(``support.evaluation.evaluation_problem``).
 Each side runs process() on every image and then evaluate(); the AP of both is checked equal.
 A second table times the COCO API backends alone on the same detections (loadRes + evaluate +
 accumulate for bbox and segm): pycocotools' official COCOeval, Detectron2's COCOeval_opt (C++
@@ -29,8 +29,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.fast_eval_api import COCOeval_opt
 
 from benchmarks.common import compare, environment, peak_memory, print_table, write_results
-from mask_rcnn_ext.data.synthetic import detections_to_instances, evaluation_problem
 from mask_rcnn_ext.evaluation import FastCOCOEvaluator
+from support.evaluation import detections_to_instances, evaluation_problem
 
 HEIGHT, WIDTH, DETECTIONS, CATEGORIES = 480, 640, 100, 5
 TARGET = 0.5  # FastCOCOEvaluator / COCOEvaluator

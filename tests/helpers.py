@@ -1,5 +1,6 @@
 """Helpers shared by the tests: a small Mask R-CNN config, a training batch, and COCO evaluation
-of the synthetic evaluation problems (``mask_rcnn_ext.data.synthetic.evaluation_problem``)."""
+of the synthetic evaluation problems (``support.evaluation.evaluation_problem``), FPN inputs for
+the poolers, and peak-memory measurement in a fresh process."""
 
 import contextlib
 import copy
@@ -158,3 +159,26 @@ def peak_growth(script: str, *args: str) -> float:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return float(result.stdout.strip().splitlines()[-1])
+
+
+# The strides of an FPN from P2 to P5, as scales.
+FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+
+
+def fpn_pyramid(dtype=torch.float32, channels=3, size=(64, 96), seed=0):
+    """Random FPN maps of 2 images of ``size`` pixels, one per scale of FPN_SCALES."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, channels, size[0] // s, size[1] // s, generator=generator, dtype=dtype)
+            for s in (4, 8, 16, 32)]
+
+
+def fpn_box_lists(dtype=torch.float32, seed=1):
+    """Boxes from 4 to 700 pixels wide, so that every level gets some (224 px -> level 4)."""
+    generator = torch.Generator().manual_seed(seed)
+    lists = []
+    for _ in range(2):
+        sizes = torch.exp(torch.empty(40, 2, dtype=dtype).uniform_(1.4, 6.6, generator=generator))
+        corners = torch.rand(40, 2, generator=generator, dtype=dtype) * torch.tensor(
+            [96.0, 64.0], dtype=dtype) - sizes / 3
+        lists.append(Boxes(torch.cat((corners, corners + sizes), dim=1)))
+    return lists

@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from helpers import evaluate, registered
-from mask_rcnn_ext.data.synthetic import detections_to_instances, evaluation_problem
+from support.evaluation import detections_to_instances, evaluation_problem
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])

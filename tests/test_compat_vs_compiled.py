@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 
 from detectron2_compat import extension
 from helpers import evaluate
-from mask_rcnn_ext.data.synthetic import evaluation_problem
+from support.evaluation import evaluation_problem
 
 pytestmark = pytest.mark.skipif(
     getattr(_C, "IS_COMPAT_LAYER", False), reason="needs a compiled Detectron2 to compare with"

@@ -8,9 +8,8 @@ import pytest
 import torch
 from detectron2.structures import Boxes
 
-from helpers import small_mask_rcnn_cfg
+from helpers import FPN_SCALES, fpn_box_lists, fpn_pyramid, small_mask_rcnn_cfg
 from mask_rcnn_ext.modeling import ROIPooler
-from test_poolers import SCALES, _box_lists, _pyramid
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -18,14 +17,14 @@ TYPES = ["ROIAlign", "ROIAlignV2", "ROIAlignMax", "PreciseROIPool", "ROIWarp", "
 
 
 def _cuda_inputs(dtype=torch.float32):
-    features = [f.cuda().requires_grad_(True) for f in _pyramid(dtype, channels=8)]
-    return features, [Boxes(b.tensor.cuda()) for b in _box_lists()]
+    features = [f.cuda().requires_grad_(True) for f in fpn_pyramid(dtype, channels=8)]
+    return features, [Boxes(b.tensor.cuda()) for b in fpn_box_lists()]
 
 
 @pytest.mark.parametrize("pooler_type", TYPES)
 def test_at_most_one_host_synchronisation_per_level(pooler_type):
     features, boxes = _cuda_inputs()
-    pooler = ROIPooler(7, SCALES, 0, pooler_type)
+    pooler = ROIPooler(7, FPN_SCALES, 0, pooler_type)
     pooler(features, boxes)  # compiles the kernels
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
@@ -36,13 +35,13 @@ def test_at_most_one_host_synchronisation_per_level(pooler_type):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) <= len(SCALES), [str(w.message) for w in syncs]
+    assert len(syncs) <= len(FPN_SCALES), [str(w.message) for w in syncs]
 
 
 @pytest.mark.parametrize("pooler_type", TYPES)
 def test_deterministic_gradients_are_bit_identical_and_right(pooler_type):
     features, boxes = _cuda_inputs()
-    pooler = ROIPooler(7, SCALES, 0, pooler_type)
+    pooler = ROIPooler(7, FPN_SCALES, 0, pooler_type)
     grad = torch.randn(80, 8, 7, 7, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     default = torch.autograd.grad(pooler(features, boxes), features, grad)
     torch.use_deterministic_algorithms(True)
@@ -60,7 +59,7 @@ def test_deterministic_gradients_are_bit_identical_and_right(pooler_type):
 def test_autocast_low_precision_features(pooler_type, dtype):
     features, boxes = _cuda_inputs(dtype)
     reference_features = [f.detach().float().requires_grad_(True) for f in features]
-    pooler = ROIPooler(7, SCALES, 0, pooler_type)
+    pooler = ROIPooler(7, FPN_SCALES, 0, pooler_type)
     reference = pooler(reference_features, boxes)
     with torch.autocast("cuda", dtype=dtype):
         pooled = pooler(features, boxes)
@@ -101,7 +100,7 @@ def test_amp_training_with_our_heads(pooler_type, tiny_coco_dataset, tmp_path):
 def test_pooling_on_a_device_that_is_not_the_current_one(pooler_type):
     """Features on cuda:1 while cuda:0 is current: the kernels launch on the features' device."""
     features, boxes = _cuda_inputs()
-    pooler = ROIPooler(7, SCALES, 0, pooler_type)
+    pooler = ROIPooler(7, FPN_SCALES, 0, pooler_type)
     grad = torch.randn(80, 8, 7, 7, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     expected = pooler(features, boxes)
     expected_grad = torch.autograd.grad(expected, features, grad)

@@ -17,9 +17,9 @@ from pycocotools.cocoeval import COCOeval
 
 from helpers import evaluate, registered
 from mask_rcnn_ext import load_config
-from mask_rcnn_ext.data.synthetic import detections_to_instances, evaluation_problem
 from mask_rcnn_ext.engine import Trainer
 from mask_rcnn_ext.evaluation import FastCOCOEvaluator, encode_masks
+from support.evaluation import detections_to_instances, evaluation_problem
 
 
 def _reference_rles(masks):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from benchmarks.models import synthetic_images
 from mask_rcnn_ext import export, load_config
 from mask_rcnn_ext.checkpoint import UnusableWeightsError
+from support.models import synthetic_images
 
 CONFIG = "configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml"
 POOLER_TYPES = ("ROIAlignV2", "ROIAlignMax", "PreciseROIPool", "ROIWarp", "ROIPool")

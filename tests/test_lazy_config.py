@@ -11,11 +11,11 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils.events import EventStorage
 from omegaconf import ListConfig
 
-from benchmarks.models import calibrated_model, synthetic_images, training_batch
 from helpers import ROOT, root_script
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.config import load_lazy_config
 from mask_rcnn_ext.engine import LazyTrainer, Trainer
+from support.models import calibrated_model, synthetic_images, training_batch
 
 CONFIGS = ROOT / "configs"
 TWINS = ["Synthetic/mask_rcnn_R_18_FPN_cpu", "Synthetic/mask_scoring_R_18_FPN_cpu",

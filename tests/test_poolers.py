@@ -6,28 +6,10 @@ from detectron2.modeling.poolers import ROIPooler as Detectron2ROIPooler
 from detectron2.structures import Boxes, RotatedBoxes
 from torch import nn
 
+from helpers import FPN_SCALES, fpn_box_lists, fpn_pyramid
 from mask_rcnn_ext.modeling import POOLER_REGISTRY, ROIPooler
 
-SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 REQUIRED_TYPES = {"ROIAlign", "ROIAlignV2", "ROIAlignMax", "PreciseROIPool", "ROIWarp", "ROIPool"}
-
-
-def _pyramid(dtype=torch.float32, channels=3, size=(64, 96), seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(2, channels, size[0] // s, size[1] // s, generator=generator, dtype=dtype)
-            for s in (4, 8, 16, 32)]
-
-
-def _box_lists(dtype=torch.float32, seed=1):
-    """Boxes from 4 to 700 pixels wide, so that every level gets some (224 px -> level 4)."""
-    generator = torch.Generator().manual_seed(seed)
-    lists = []
-    for _ in range(2):
-        sizes = torch.exp(torch.empty(40, 2, dtype=dtype).uniform_(1.4, 6.6, generator=generator))
-        corners = torch.rand(40, 2, generator=generator, dtype=dtype) * torch.tensor(
-            [96.0, 64.0], dtype=dtype) - sizes / 3
-        lists.append(Boxes(torch.cat((corners, corners + sizes), dim=1)))
-    return lists
 
 
 def test_registry_has_the_paper_types():
@@ -37,9 +19,9 @@ def test_registry_has_the_paper_types():
 @pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignV2", "ROIPool"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_equals_detectron2_pooler(pooler_type, sampling_ratio):
-    features, boxes = _pyramid(), _box_lists()
-    ours = ROIPooler(7, SCALES, sampling_ratio, pooler_type)(features, boxes)
-    theirs = Detectron2ROIPooler(7, SCALES, sampling_ratio, pooler_type)(features, boxes)
+    features, boxes = fpn_pyramid(), fpn_box_lists()
+    ours = ROIPooler(7, FPN_SCALES, sampling_ratio, pooler_type)(features, boxes)
+    theirs = Detectron2ROIPooler(7, FPN_SCALES, sampling_ratio, pooler_type)(features, boxes)
     assert ours.shape == (80, 3, 7, 7)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
@@ -52,9 +34,9 @@ def test_rotated_type_equals_detectron2_pooler():
         sizes = torch.rand(10, 2, generator=generator) * 120 + 8
         angles = torch.rand(10, 1, generator=generator) * 180 - 90
         boxes.append(RotatedBoxes(torch.cat((centers, sizes, angles), dim=1)))
-    features = _pyramid()
-    ours = ROIPooler(5, SCALES, 2, "ROIAlignRotated")(features, boxes)
-    theirs = Detectron2ROIPooler(5, SCALES, 2, "ROIAlignRotated")(features, boxes)
+    features = fpn_pyramid()
+    ours = ROIPooler(5, FPN_SCALES, 2, "ROIAlignRotated")(features, boxes)
+    theirs = Detectron2ROIPooler(5, FPN_SCALES, 2, "ROIAlignRotated")(features, boxes)
     torch.testing.assert_close(ours, theirs)
 
 
@@ -67,8 +49,8 @@ def test_level_assignment_is_detectron2s():
     center = torch.tensor([48.0, 32.0])
     boxes = [Boxes(torch.cat((center - sides[:, None] / 2, center + sides[:, None] / 2), 1))] * 2
     # One sample per bin: the centre bin's sample is the box centre, on every level's map.
-    ours = ROIPooler(3, SCALES, 1, "ROIAlignV2")(features, boxes)[:, 0, 1, 1]
-    theirs = Detectron2ROIPooler(3, SCALES, 1, "ROIAlignV2")(features, boxes)[:, 0, 1, 1]
+    ours = ROIPooler(3, FPN_SCALES, 1, "ROIAlignV2")(features, boxes)[:, 0, 1, 1]
+    theirs = Detectron2ROIPooler(3, FPN_SCALES, 1, "ROIAlignV2")(features, boxes)[:, 0, 1, 1]
     torch.testing.assert_close(ours, theirs)
     assert ours[:8].round().tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
 
@@ -76,16 +58,16 @@ def test_level_assignment_is_detectron2s():
 @pytest.mark.parametrize("pooler_type", sorted(REQUIRED_TYPES))
 def test_gradcheck_every_registered_type(pooler_type):
     features = [f.requires_grad_(True)
-                for f in _pyramid(torch.float64, channels=1, size=(32, 48), seed=3)]
-    boxes = [Boxes(b.tensor[:4] / 2) for b in _box_lists(torch.float64, seed=4)]
-    pooler = ROIPooler((3, 2), SCALES, 2, pooler_type)
+                for f in fpn_pyramid(torch.float64, channels=1, size=(32, 48), seed=3)]
+    boxes = [Boxes(b.tensor[:4] / 2) for b in fpn_box_lists(torch.float64, seed=4)]
+    pooler = ROIPooler((3, 2), FPN_SCALES, 2, pooler_type)
     assert torch.autograd.gradcheck(lambda *maps: pooler(list(maps), boxes), tuple(features))
 
 
 def test_non_square_output_and_empty_input():
-    features = _pyramid()
-    pooler = ROIPooler((7, 5), SCALES, 0, "ROIAlignMax")
-    assert pooler(features, _box_lists()).shape == (80, 3, 7, 5)
+    features = fpn_pyramid()
+    pooler = ROIPooler((7, 5), FPN_SCALES, 0, "ROIAlignMax")
+    assert pooler(features, fpn_box_lists()).shape == (80, 3, 7, 5)
     empty = [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]
     assert pooler(features, empty).shape == (0, 3, 7, 5)
 
@@ -109,7 +91,8 @@ def test_a_user_registered_type_is_used():
         return CenterPixel(output_size, spatial_scale)
 
     try:
-        pooled = ROIPooler(2, SCALES[:1], 0, "TestCenterPixel")(_pyramid()[:1], _box_lists())
+        pooler = ROIPooler(2, FPN_SCALES[:1], 0, "TestCenterPixel")
+        pooled = pooler(fpn_pyramid()[:1], fpn_box_lists())
         assert pooled.shape == (80, 3, 2, 2)
     finally:
         POOLER_REGISTRY._obj_map.pop("TestCenterPixel")
@@ -118,20 +101,20 @@ def test_a_user_registered_type_is_used():
 def test_bad_arguments_are_named():
     unknown = r"Unknown pooler type 'ROIAlignV3'; registered: .*ROIWarp"
     with pytest.raises(ValueError, match=unknown):
-        ROIPooler(7, SCALES, 0, "ROIAlignV3")
+        ROIPooler(7, FPN_SCALES, 0, "ROIAlignV3")
     with pytest.raises(ValueError, match="powers of 2"):
         ROIPooler(7, (1 / 3, 1 / 6), 0, "ROIAlignV2")
-    pooler = ROIPooler(7, SCALES, 0, "ROIAlignV2")
+    pooler = ROIPooler(7, FPN_SCALES, 0, "ROIAlignV2")
     with pytest.raises(ValueError, match="has 4 levels, got 3 maps"):
-        pooler(_pyramid()[:3], _box_lists())
+        pooler(fpn_pyramid()[:3], fpn_box_lists())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("pooler_type", sorted(REQUIRED_TYPES))
 def test_cuda_equals_cpu(pooler_type):
-    features = [f.requires_grad_(True) for f in _pyramid(torch.float64)]
-    boxes = _box_lists(torch.float64)
-    pooler = ROIPooler((7, 5), SCALES, 0, pooler_type)
+    features = [f.requires_grad_(True) for f in fpn_pyramid(torch.float64)]
+    boxes = fpn_box_lists(torch.float64)
+    pooler = ROIPooler((7, 5), FPN_SCALES, 0, pooler_type)
     cpu = pooler(features, boxes)
     (grad_cpu,) = torch.autograd.grad(cpu.sum(), features[0])
     features_cuda = [f.detach().cuda().requires_grad_(True) for f in features]

@@ -8,7 +8,6 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
-from benchmarks.models import calibrated_model, synthetic_images, training_batch
 from helpers import small_mask_rcnn_cfg
 from mask_rcnn_ext.modeling.speedups import (
     FoldedFrozenBNConv2d,
@@ -16,6 +15,7 @@ from mask_rcnn_ext.modeling.speedups import (
     fold_frozen_batchnorm,
     memory_format,
 )
+from support.models import calibrated_model, synthetic_images, training_batch
 
 
 def _conv_with_frozen_bn(bias: bool, dtype) -> Conv2d:

@@ -12,6 +12,7 @@ from PIL import Image
 from shapely.geometry import Polygon
 
 from mask_rcnn_ext.data import register_synthetic, synthetic
+from support.evaluation import evaluation_problem
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +146,10 @@ def test_module_and_script_write_the_same_set(tmp_path):
 
 
 def test_evaluation_problems_are_reproducible_and_consistent():
-    first = synthetic.evaluation_problem(20, seed=4, detections_per_image=7)
-    assert first == synthetic.evaluation_problem(20, seed=4, detections_per_image=7)
+    first = evaluation_problem(20, seed=4, detections_per_image=7)
+    assert first == evaluation_problem(20, seed=4, detections_per_image=7)
     ground_truth, detections = first
-    assert ground_truth != synthetic.evaluation_problem(20, seed=5)[0]
+    assert ground_truth != evaluation_problem(20, seed=5)[0]
     per_image = {image["id"]: 0 for image in ground_truth["images"]}
     for detection in detections:
         per_image[detection["image_id"]] += 1

@@ -17,7 +17,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .synthetic import CATEGORIES, SETS
+from .synthetic import CATEGORIES, SETS, datasets_root
 
 __all__ = ["datasets_root", "register_coco_format", "register_synthetic"]
 
@@ -38,12 +38,6 @@ def _load_coco_json(name: str, json_file: str | os.PathLike, image_root: str | o
             "(no \"annotations\" list, or an empty one): it can only be predicted on, not "
             "trained or evaluated on")
     return records
-
-
-def datasets_root() -> Path:
-    """Where builtin data sets live: ``$DETECTRON2_DATASETS``, default ``datasets`` (relative to
-    the working directory), as for Detectron2's builtin COCO names; read when called."""
-    return Path(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def _synthetic_paths(root: Path | None, synthetic_set: str, split: str) -> tuple[Path, Path]:
