@@ -193,6 +193,13 @@ class SafeCheckpointer(DetectionCheckpointer):
             raise UnusableWeightsError(
                 "no weights given (MODEL.WEIGHTS is empty): the model would predict with its "
                 f"random initial weights. {_OVERRIDE_HINT}")
+        if path and "://" not in path and not os.path.isfile(path):
+            # fvcore's own message is a bare "Checkpoint ... not found!" assertion.
+            raise FileNotFoundError(
+                f"MODEL.WEIGHTS is {path}, which does not exist. If it is the pretrained backbone "
+                "that a small config names, make it first with `python -m mask_rcnn_ext.pretrain "
+                "--config-file CONFIG` (same config); to train from random weights instead, set "
+                'MODEL.WEIGHTS "" (in a LazyConfig: train.init_checkpoint="").')
         self._incompatible = None
         loaded = super().load(path, checkpointables)
         if self.check_weights:

@@ -390,3 +390,15 @@ def test_a_failed_save_names_its_cause_the_file_and_the_checkpoint_to_resume_fro
         "`--resume` continues from it once that is fixed.")
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
     assert torch.load(tmp_path / "model_0000001.pth", weights_only=True)["iteration"] == 1
+
+
+def test_missing_weights_file_says_how_to_make_it_or_do_without(tmp_path):
+    """The small configs name a pretrained ResNet that `python -m mask_rcnn_ext.pretrain`
+    writes; without it, loading failed with fvcore's bare "Checkpoint ... not found!"."""
+    missing = str(tmp_path / "pretrained" / "R_18_synthetic_small.pth")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(FileNotFoundError) as error:
+        SafeCheckpointer(model).load(missing)
+    message = str(error.value)
+    assert missing in message and "python -m mask_rcnn_ext.pretrain" in message
+    assert 'MODEL.WEIGHTS ""' in message
