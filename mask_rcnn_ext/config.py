@@ -14,7 +14,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 __all__ = ["LAZY_CONFIG_KEYS", "add_mask_rcnn_ext_config", "is_lazy_config", "load_config",
-           "load_lazy_config", "upgrade_deprecated_keys"]
+           "load_lazy_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +30,12 @@ def add_mask_rcnn_ext_config(cfg: CN) -> CN:
     mask.LOSS = "sigmoid"
     # Hidden width of MaskRCNNMLPHead's two fc layers (paper Table 2e: 1024).
     mask.MLP_DIM = 1024
-    # Deprecated: "mlp" means NAME "MaskRCNNMLPHead" (upgrade_deprecated_keys maps it).
-    mask.ARCH = "fcn"
 
     # Mask Scoring R-CNN (Huang et al., CVPR 2019), MODEL.ROI_MASK_HEAD.NAME "MaskScoringHead": a
     # MaskIoU branch regresses the IoU of each predicted mask with its ground truth; at inference,
     # score = class score x predicted IoU.
     cfg.MODEL.ROI_MASK_SCORING = CN()
     scoring = cfg.MODEL.ROI_MASK_SCORING
-    # Deprecated: True means NAME "MaskScoringHead" (upgrade_deprecated_keys maps it).
-    scoring.ENABLED = False
     # 3x3 convolutions on [mask features, max-pooled predicted mask]; the last has stride 2.
     scoring.NUM_CONV = 4
     # Channels of those convolutions.
@@ -117,7 +113,7 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CN:
             raise KeyError(_unknown_key_hint(message)) from error
         raise ValueError(message) from error
     _check_counts(cfg, config_file)
-    return upgrade_deprecated_keys(cfg)
+    return cfg
 
 
 # What mask_rcnn_ext.engine.LazyTrainer reads from a LazyConfig, as Detectron2's
@@ -202,47 +198,6 @@ def _check_bases(config_file: str, including: list[str]) -> None:
                                     "exist" + "".join(f" (included by {f})"
                                                       for f in reversed(including)))
         _check_bases(base, chain)
-
-
-def upgrade_deprecated_keys(cfg: CN) -> CN:
-    """``cfg``, or an upgraded copy of it where it sets keys of earlier versions, with a warning.
-
-    * ``MODEL.ROI_MASK_HEAD.ARCH: "mlp"`` becomes ``MODEL.ROI_MASK_HEAD.NAME: "MaskRCNNMLPHead"``;
-    * ``MODEL.ROI_MASK_SCORING.ENABLED: True`` becomes ``NAME: "MaskScoringHead"``.
-
-    Both applied to a mask head other than ``MaskRCNNFCNHead``, the one they used to modify, are
-    an error that names the keys. ``MaskRCNNExtROIHeads`` upgrades the config it is built from, so
-    configs made without :func:`load_config` are upgraded too.
-    """
-    mask = cfg.MODEL.ROI_MASK_HEAD
-    scoring = cfg.MODEL.get("ROI_MASK_SCORING")
-    arch = mask.get("ARCH", "fcn")
-    scored = bool(scoring is not None and scoring.ENABLED)
-    if arch == "fcn" and not scored:
-        return cfg
-    if arch != "mlp" and arch != "fcn":
-        raise ValueError(f"MODEL.ROI_MASK_HEAD.ARCH (deprecated) must be 'fcn' or 'mlp', got "
-                         f"{arch!r}")
-    set_keys = ["MODEL.ROI_MASK_HEAD.ARCH: 'mlp'"] * (arch == "mlp") + [
-        "MODEL.ROI_MASK_SCORING.ENABLED: True"] * scored
-    if arch == "mlp" and scored:
-        raise ValueError(f"{' and '.join(set_keys)}: mask scoring is built on the FCN mask head; "
-                         "the MLP head has none")
-    if mask.NAME != "MaskRCNNFCNHead":
-        raise ValueError(f"{set_keys[0]} (deprecated) modifies MODEL.ROI_MASK_HEAD.NAME "
-                         f"'MaskRCNNFCNHead', but NAME is {mask.NAME!r}")
-    name = "MaskRCNNMLPHead" if arch == "mlp" else "MaskScoringHead"
-    logger.warning("%s is deprecated: it now means MODEL.ROI_MASK_HEAD.NAME: %r; set that instead",
-                   set_keys[0], name)
-    upgraded = cfg.clone()
-    upgraded.defrost()
-    upgraded.MODEL.ROI_MASK_HEAD.NAME = name
-    upgraded.MODEL.ROI_MASK_HEAD.ARCH = "fcn"
-    if scored:
-        upgraded.MODEL.ROI_MASK_SCORING.ENABLED = False
-    if cfg.is_frozen():
-        upgraded.freeze()
-    return upgraded
 
 
 def _unknown_key_hint(message: str) -> str:

@@ -19,7 +19,6 @@ from mask_rcnn_ext.modeling import (
     POOLER_REGISTRY,
     MaskRCNNFCNHead,
     MaskRCNNMLPHead,
-    MaskScoringHead,
 )
 from mask_rcnn_ext.modeling.mask_head import mask_probabilities, mask_rcnn_softmax_loss
 from mask_rcnn_ext.modeling.mask_scoring import mask_iou_targets
@@ -47,7 +46,6 @@ def test_config_defaults_are_stock():
     assert {k: ext_keys[k] for k in stock_keys} == stock_keys
     mask = ext.MODEL.ROI_MASK_HEAD
     assert mask.OUTPUT_RESOLUTION == 2 * mask.POOLER_RESOLUTION
-    assert ext.MODEL.ROI_MASK_SCORING.ENABLED is False
 
 
 @pytest.fixture(scope="module")
@@ -280,69 +278,15 @@ def test_mask_iou_target_of_a_degenerate_proposal_is_finite():
     assert torch.isfinite(targets).all() and (targets >= 0).all() and (targets <= 1).all()
 
 
-def _old_layout(state_dict):
-    """A state dict as the code before mask scoring moved into the mask head saved it: the
-    MaskIoU branch under ``roi_heads.mask_iou_head.``, every module at version 1."""
-    old = type(state_dict)((key.replace("roi_heads.mask_head.mask_iou_head.",
-                                        "roi_heads.mask_iou_head."), value)
-                           for key, value in state_dict.items())
-    old._metadata = {name: {**meta, "version": 1}
-                     for name, meta in state_dict._metadata.items()}
-    return old
-
-
-def test_checkpoints_with_the_scoring_branch_in_the_roi_heads_still_load():
-    torch.manual_seed(0)
-    saved = build_model(_scoring_cfg()).state_dict()
-    old = _old_layout(saved)
-    assert any(key.startswith("roi_heads.mask_iou_head.") for key in old)
-    torch.manual_seed(1)
-    model = build_model(_scoring_cfg())
-    result = model.load_state_dict(old, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("key, value, head_class", [
-    ("MODEL.ROI_MASK_HEAD.ARCH", "mlp", MaskRCNNMLPHead),
-    ("MODEL.ROI_MASK_SCORING.ENABLED", True, MaskScoringHead),
-])
-def test_deprecated_keys_are_mapped_with_a_warning(key, value, head_class, tmp_path, caplog):
-    cfg = _ext(small_mask_rcnn_cfg(depth=18))
-    cfg.merge_from_list([key, value])
-    with caplog.at_level(logging.WARNING, logger="mask_rcnn_ext.config"):
-        model = build_model(cfg)
-    assert type(model.roi_heads.mask_head) is head_class
-    assert f"{key}: " in caplog.text and head_class.__name__ in caplog.text
-
-    caplog.clear()
+@pytest.mark.parametrize("head, key", [("ROI_MASK_HEAD", "ARCH"), ("ROI_MASK_SCORING", "ENABLED")])
+def test_keys_of_unreleased_versions_are_refused_by_name(head, key, tmp_path):
+    """ARCH and ENABLED only ever existed inside this repository (now MODEL.ROI_MASK_HEAD.NAME):
+    a config that sets one is refused naming it, not silently given another head."""
     path = tmp_path / "old.yaml"
     base = Path(__file__).parents[1] / "configs" / "Synthetic" / "mask_rcnn_R_18_FPN_cpu.yaml"
-    model_key, head_key, leaf_key = key.split(".")
-    path.write_text(yaml.safe_dump({"_BASE_": str(base),
-                                    model_key: {head_key: {leaf_key: value}}}))
-    with caplog.at_level(logging.WARNING, logger="mask_rcnn_ext.config"):
-        loaded = load_config(str(path))
-    assert loaded.MODEL.ROI_MASK_HEAD.NAME == head_class.__name__
-    assert f"{key}: " in caplog.text
-
-
-def test_deprecated_keys_on_other_heads_are_errors_that_name_them():
-    cfg = _ext(small_mask_rcnn_cfg(depth=18))
-    cfg.MODEL.ROI_MASK_HEAD.ARCH = "mlp"
-    cfg.MODEL.ROI_MASK_SCORING.ENABLED = True
-    with pytest.raises(ValueError, match=r"ARCH: 'mlp' and MODEL\.ROI_MASK_SCORING\.ENABLED"):
-        build_model(cfg)
-    cfg.MODEL.ROI_MASK_SCORING.ENABLED = False
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    with pytest.raises(ValueError, match=r"ARCH: 'mlp'.*NAME is 'MaskRCNNConvUpsampleHead'"):
-        build_model(cfg)
-    # Other ROI heads do not upgrade configs; our mask head then refuses the key by name.
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNFCNHead"
-    with pytest.raises(ValueError, match=r"ARCH='mlp' is deprecated.*MaskRCNNMLPHead"):
-        build_model(cfg)
+    path.write_text(yaml.safe_dump({"_BASE_": str(base), "MODEL": {head: {key: "mlp"}}}))
+    with pytest.raises(KeyError, match=rf"{head}\.{key}"):
+        load_config(str(path))
 
 
 def _keypoint_cfg(roi_heads: str, pooler_type: str = "ROIAlignV2"):

@@ -155,10 +155,6 @@ class MaskHeadBase(BaseMaskRCNNHead):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         head = cfg.MODEL.ROI_MASK_HEAD
-        if head.ARCH != "fcn":
-            raise ValueError(
-                f"MODEL.ROI_MASK_HEAD.ARCH={head.ARCH!r} is deprecated: MaskRCNNExtROIHeads maps "
-                "ARCH 'mlp' to NAME 'MaskRCNNMLPHead'; with other ROI heads, set that NAME.")
         doublings = math.log2(head.OUTPUT_RESOLUTION / input_shape.height)
         if doublings < 1 or not doublings.is_integer():
             raise ValueError(

@@ -25,7 +25,6 @@ from detectron2.modeling.roi_heads import (
 )
 from torch import nn
 
-from ..config import upgrade_deprecated_keys
 from .poolers import ROIPooler
 
 __all__ = ["MaskRCNNExtROIHeads", "MaskRCNNExtRes5ROIHeads"]
@@ -66,21 +65,12 @@ def _branch(name: str, head_cfg, build_head, cfg, input_shape: dict[str, ShapeSp
 
 @ROI_HEADS_REGISTRY.register()
 class MaskRCNNExtROIHeads(StandardROIHeads):
-    """StandardROIHeads with poolers from :data:`POOLER_REGISTRY` in every branch.
+    """StandardROIHeads with poolers from :data:`POOLER_REGISTRY` in every branch."""
 
-    Checkpoint versions: 1 kept the mask-scoring branch here, as ``mask_iou_head``; since 2 it
-    is part of the mask head (:class:`MaskScoringHead`), and version-1 keys are moved there.
-    """
-
-    _version = 2
     # Constants for TorchScript, so that a branch that is off is not compiled: Detectron2's
     # scripting patch declares them on StandardROIHeads, and a subclass has its own annotations.
     mask_on: torch.jit.Final[bool]
     keypoint_on: torch.jit.Final[bool]
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        return super().from_config(upgrade_deprecated_keys(cfg), input_shape)
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -103,16 +93,6 @@ class MaskRCNNExtROIHeads(StandardROIHeads):
         return _branch("keypoint", cfg.MODEL.ROI_KEYPOINT_HEAD, build_keypoint_head, cfg,
                        input_shape)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        version = local_metadata.get("version")
-        if version is None or version < 2:
-            old, new = prefix + "mask_iou_head.", prefix + "mask_head.mask_iou_head."
-            for key in [k for k in state_dict if k.startswith(old)]:
-                state_dict[new + key[len(old):]] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
 
 # Blocks in res5 of the ResNets built of basic blocks (ResNet paper, Table 1).
 _BASIC_RES5_BLOCKS = {18: 2, 34: 3}
@@ -130,7 +110,6 @@ class MaskRCNNExtRes5ROIHeads(Res5ROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        cfg = upgrade_deprecated_keys(cfg)
         # Not Res5ROIHeads.from_config: it builds Detectron2's pooler, which knows four types.
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         if len(in_features) != 1:
