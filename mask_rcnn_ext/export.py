@@ -18,7 +18,9 @@ scores, classes, and each box's mask probabilities (N, 1, M, M); Detectron2's
   ``detectron2.export.TracingAdapter``: ``model(image)`` returns the tuple of tensors named in
   ``DIR/outputs.txt``.
 - ``torchscript``, ``--method scripting``: ``DIR/model.ts`` from Detectron2's
-  ``scripting_with_instances``: ``model.inference([{"image": image}], do_postprocess=False)``.
+  ``scripting_with_instances``: ``model.inference([{"image": image}], do_postprocess=False)``,
+  loaded with :func:`load_scripted` (a plain ``torch.jit.load`` in another process cannot find
+  the Instances class it returns).
 - ``onnx``: ``DIR/model.onnx`` (opset 17; image height and width dynamic), traced as above, with
   the outputs named; run with ONNX Runtime.
 """
@@ -28,12 +30,14 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from detectron2.export import TracingAdapter, scripting_with_instances
+from detectron2.export import TracingAdapter, scripting_with_instances, torchscript_patch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
@@ -43,8 +47,8 @@ from .checkpoint import SafeCheckpointer
 from .data import synthetic
 from .data.images import read_image
 
-__all__ = ["FORMATS", "ONNX_OPSET", "compare", "export", "largest_differences", "main",
-           "sample_image"]
+__all__ = ["FORMATS", "ONNX_OPSET", "compare", "export", "largest_differences", "load_scripted",
+           "main", "sample_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +122,28 @@ def export(model, image: Tensor, output: Path, fmt: str, method: str = "tracing"
         return path
 
 
+def load_scripted(path: str | Path) -> torch.jit.ScriptModule:
+    """A model exported with ``--method scripting``, loaded in any process; call
+    ``model.inference([{"image": image}], do_postprocess=False)``.
+
+    Its detections are instances of the class that Detectron2's scripting made,
+    ``ScriptedInstancesN``, which a plain ``torch.jit.load`` in another process cannot find. That
+    class is made again here, with the same number (read from the file) and fields."""
+    with zipfile.ZipFile(path) as archive:
+        numbers = {int(found.group(1)) for name in archive.namelist()
+                   if (found := re.search(r"/torchscript_patch(\d+)\.py$", name))}
+    if len(numbers) != 1:
+        raise ValueError(f"{path} is not a model exported with --method scripting (it holds "
+                         f"{len(numbers)} scripted Instances classes)")
+    (number,) = numbers
+    if number <= torchscript_patch._counter:  # made by this process already (it exported it)
+        return torch.jit.load(str(path))
+    # Detectron2 numbers its classes with this counter.
+    torchscript_patch._counter = number - 1
+    with torchscript_patch.patch_instances(_SCRIPTED_FIELDS):
+        return torch.jit.load(str(path))
+
+
 def run_exported(path: Path, model, image: Tensor, method: str = "tracing") -> Instances:
     """The exported model at ``path`` on ``image`` -> its detections (as eager's)."""
     adapter = _tracing_adapter(model, image)
@@ -127,7 +153,7 @@ def run_exported(path: Path, model, image: Tensor, method: str = "tracing") -> I
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs = [torch.from_numpy(o) for o in session.run(None, {"image": image.numpy()})]
         return adapter.outputs_schema(outputs)[0]["instances"]
-    loaded = torch.jit.load(str(path))
+    loaded = load_scripted(path) if method == "scripting" else torch.jit.load(str(path))
     if method == "scripting":
         scripted = loaded.inference([{"image": image}], do_postprocess=False)[0]
         return Instances(scripted.image_size, **scripted.get_fields())

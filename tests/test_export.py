@@ -114,3 +114,37 @@ def test_command_line_writes_the_model_and_prints_the_differences(tmp_path, caps
     printed = capsys.readouterr().out
     assert f"wrote {tmp_path / 'model.ts'}" in printed
     assert differences["pred_boxes"] <= 1e-4 and "pred_boxes:" in printed
+
+
+_LOAD_SCRIPTED = """
+import json, sys
+import torch
+from mask_rcnn_ext import export
+
+image = torch.load(sys.argv[2])
+model = export.load_scripted(sys.argv[1])
+found = model.inference([{"image": image}], do_postprocess=False)[0]
+print(json.dumps(found.get_fields()["pred_boxes"].tolist()))  # scripted Boxes: their tensor
+"""
+
+
+def test_a_scripted_export_loads_and_runs_in_a_fresh_process(tmp_path):
+    """torch.jit.load alone fails there (its ScriptedInstances class is not found);
+    export.load_scripted makes it again."""
+    import json
+    import subprocess
+    import sys
+
+    model, cfg = _model("ROIAlignV2")
+    path = export.export(model, export.sample_image(cfg), tmp_path, "torchscript", "scripting")
+    image = _other_image()
+    torch.save(image, tmp_path / "image.pt")
+    with torch.no_grad():
+        eager = model.inference([{"image": image}], do_postprocess=False)[0].pred_boxes.tensor
+    result = subprocess.run([sys.executable, "-c", _LOAD_SCRIPTED, str(path),
+                             str(tmp_path / "image.pt")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    boxes = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert len(boxes) == len(eager) > 0
+    torch.testing.assert_close(boxes, eager, atol=1e-4, rtol=0)
