@@ -180,6 +180,19 @@ FIXES: tuple[Fix, ...] = (
         ),
     ),
     Fix(
+        name="meshgrid-indexing",
+        why="PyTorch warns on every torch.meshgrid call without an indexing argument (a coming "
+        "change of default), and the anchor generator calls it at every image: the warning "
+        "appeared in every command's output. 'ij' is the behaviour v0.6 has always had.",
+        edits=(
+            Edit(
+                "detectron2/modeling/anchor_generator.py",
+                "torch.meshgrid(shifts_y, shifts_x)",
+                'torch.meshgrid(shifts_y, shifts_x, indexing="ij")',
+            ),
+        ),
+    ),
+    Fix(
         name="export-without-caffe2",
         why="v0.6's detectron2.export imports its Caffe2 exporter at package import, and PyTorch "
         "no longer ships Caffe2, so even TracingAdapter and scripting_with_instances could not be "

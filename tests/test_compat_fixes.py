@@ -219,3 +219,20 @@ def test_trainer_checkpoints_restore_the_optimizer(tiny_coco_dataset, tmp_path):
     assert restored.keys() == momentum.keys()  # v0.6: empty, momentum restarted from zero
     for key, buffer in momentum.items():
         torch.testing.assert_close(restored[key]["momentum_buffer"], buffer, rtol=0, atol=0)
+
+
+def test_anchors_are_made_without_a_meshgrid_warning():
+    """Every image's anchors warned about torch.meshgrid's indexing; the anchors are still those
+    of 'ij' indexing: cells row by row (x fastest), cell (i, j) shifted by (4 j, 4 i)."""
+    import warnings
+
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+
+    generator = DefaultAnchorGenerator(sizes=[[8.0]], aspect_ratios=[[1.0]], strides=[4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (anchors,) = generator([torch.zeros(1, 1, 3, 5)])
+    grid = anchors.tensor.view(3, 5, 4)
+    rows, columns = torch.meshgrid(torch.arange(3.0), torch.arange(5.0), indexing="ij")
+    shift = torch.stack((columns, rows, columns, rows), dim=2) * 4
+    torch.testing.assert_close(grid - grid[0, 0], shift)
