@@ -205,3 +205,37 @@ def test_generator_and_registration_share_one_location_resolved_when_loading(tmp
     assert lines["default"] == "2"
     assert lines["moved"] == "3 1"
     assert lines["json"] == str(elsewhere / "synthetic" / "annotations" / "instances_val.json")
+
+
+def test_if_missing_writes_once_and_refuses_partial_or_other_sets(tmp_path, capsys):
+    """`make demo` used to check only instances_val.json: a notebook's 16 + 8-image preview of the
+    set, or another set in its folder, was then trained on as if it were the full set."""
+    root = tmp_path / "synthetic_small"
+    arguments = ["--set", "synthetic_small", "--root", str(root), "--train", "4", "--val", "2",
+                 "--if-missing"]
+    synthetic.main(arguments)
+    written = {path: path.stat().st_mtime_ns for path in root.rglob("*")}
+    synthetic.main(arguments)
+    assert "holds the complete set (4 + 2 images)" in capsys.readouterr().out
+    assert {path: path.stat().st_mtime_ns for path in root.rglob("*")} == written
+
+    def refused(arguments):
+        with pytest.raises(SystemExit) as stop:
+            synthetic.main(arguments)
+        assert stop.value.code == 2
+        return capsys.readouterr().err
+
+    # Fewer images than the set has (a preview):
+    assert "instances_train.json lists 4 images, not 5" in refused(
+        [*arguments[:4], "--train", "5", "--val", "2", "--if-missing"])
+    # An image gone:
+    (root / "val" / "000001.png").unlink()
+    assert "1 images that" in refused(arguments)
+    # Another data set in its place:
+    other = tmp_path / "other"
+    (other / "annotations").mkdir(parents=True)
+    (other / "annotations" / "instances_train.json").write_text(json.dumps(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}))
+    message = refused(["--set", "synthetic_small", "--root", str(other), "--if-missing"])
+    assert "categories ['person']" in message and "DETECTRON2_DATASETS" in message
+    assert not (other / "train").exists()

@@ -36,8 +36,8 @@ from PIL import Image, ImageDraw
 from shapely.affinity import rotate, translate
 from shapely.geometry import MultiPolygon, Polygon
 
-__all__ = ["CATEGORIES", "SETS", "SyntheticSet", "datasets_root", "main", "make_image",
-           "write_split"]
+__all__ = ["CATEGORIES", "SETS", "SyntheticSet", "datasets_root", "incomplete", "main",
+           "make_image", "write_split"]
 
 CATEGORIES = ("square", "disc", "star", "l_shape")
 MIN_VISIBLE_FRACTION = 0.25
@@ -188,6 +188,28 @@ def write_split(root: Path, split: str, count: int, seed: int,
     return json_path
 
 
+def incomplete(root: Path, counts: dict[str, int]) -> str | None:
+    """Why the data set at ``root`` is not the complete synthetic set of ``counts`` (split -> number
+    of images), or None when it is: each split's JSON present, with the synthetic categories,
+    ``counts`` images, and every image file there."""
+    for split, count in counts.items():
+        json_path = root / "annotations" / f"instances_{split}.json"
+        if not json_path.is_file():
+            return f"{json_path} is missing"
+        data = json.loads(json_path.read_text())
+        names = [category.get("name") for category in data.get("categories", [])]
+        if names != list(CATEGORIES):
+            return f"{json_path} has the categories {names}, not the synthetic {list(CATEGORIES)}"
+        if len(data.get("images", [])) != count:
+            return f"{json_path} lists {len(data.get('images', []))} images, not {count}"
+        missing = [image["file_name"] for image in data["images"]
+                   if not (root / split / image["file_name"]).is_file()]
+        if missing:
+            return (f"{len(missing)} images that {json_path} lists are missing, e.g. "
+                    f"{root / split / missing[0]}")
+    return None
+
+
 def datasets_root() -> Path:
     """Where builtin data sets live: ``$DETECTRON2_DATASETS``, default ``datasets`` (relative to
     the working directory), as for Detectron2's builtin COCO names; read when called."""
@@ -204,11 +226,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, help="training images (default: the set's)")
     parser.add_argument("--val", type=int, help="validation images (default: the set's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--if-missing", action="store_true",
+                        help="write the set only where its folder does not exist; an existing "
+                             "one must be the complete set (else: an error saying what differs)")
     args = parser.parse_args(argv)
     spec = SETS[args.set]
     root = args.root if args.root is not None else datasets_root() / args.set
-    for split, count in (("train", args.train), ("val", args.val)):
-        count = getattr(spec, split) if count is None else count
+    counts = {split: getattr(spec, split) if count is None else count
+              for split, count in (("train", args.train), ("val", args.val))}
+    if args.if_missing and root.exists():
+        problem = incomplete(root, counts)
+        if problem is None:
+            print(f"{root} holds the complete set ({counts['train']} + {counts['val']} images)")
+            return
+        # Never trained on as if complete, never written over: it may be someone's data.
+        parser.exit(2, f"{root} holds a partial or another data set: {problem}. Remove the "
+                       "folder to have the set written there, or set DETECTRON2_DATASETS to "
+                       "another folder.\n")
+    for split, count in counts.items():
         path = write_split(root, split, count, args.seed, spec)
         print(f"wrote {count} {split} images and {path}")
 
