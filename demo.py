@@ -2,16 +2,17 @@
 """Run a trained model on images and write visualisations (Detectron2's DefaultPredictor, with
 safe weight loading, and Visualizer).
 
-    python demo.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_cpu.yaml \\
-        --input datasets/synthetic/val/000000.png --output output/vis \\
+    python demo.py --config-file configs/Synthetic/mask_rcnn_R_18_FPN_small_cpu.yaml \\
+        --input datasets/synthetic_small/val/000000.png --output output/vis \\
         MODEL.WEIGHTS output/demo/model_final.pth
-    python demo.py --config-file CFG --dataset synthetic_val --num-images 8 --show-gt \\
+    python demo.py --config-file CFG --dataset synthetic_small_val --num-images 8 --show-gt \\
         --output output/vis MODEL.WEIGHTS output/demo/model_final.pth   # ground truth | predictions
 """
 
 import argparse
 import os
 import re
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -34,13 +35,20 @@ def setup(args):
 
 
 def metadata_for(cfg):
-    """The test set's metadata; loading a registered set fills in its class names."""
+    """The test set's metadata, for its class names: registered with them (the synthetic sets),
+    or filled in by loading the set. Drawing needs nothing else of it: a set whose files are not
+    here draws class numbers, with a warning, instead of stopping the demo."""
     if not cfg.DATASETS.TEST:
         return MetadataCatalog.get("__unnamed")
     name = cfg.DATASETS.TEST[0]
-    if name in DatasetCatalog.list():
-        DatasetCatalog.get(name)
-    return MetadataCatalog.get(name)
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("thing_classes") is None and name in DatasetCatalog.list():
+        try:
+            DatasetCatalog.get(name)
+        except OSError as error:
+            print(f"warning: DATASETS.TEST's {name!r} cannot be read for its class names "
+                  f"({error}); the drawings show class numbers", file=sys.stderr)
+    return metadata
 
 
 # White columns between the ground truth and the predictions.

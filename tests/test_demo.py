@@ -83,3 +83,30 @@ def test_drawings_keep_the_inputs_apart_and_replace_nothing_unasked(demo, config
                str(output / "b"), "--overwrite", "--confidence-threshold", "0.0"])
     assert _digests(tmp_path / "photos") == photos
     assert sorted(_digests(output)) == sorted(drawings)  # replaced in place, nothing else
+
+
+def test_inputs_are_drawn_when_the_configs_test_set_is_not_on_disk(demo, tmp_path, capsys):
+    """Drawing needs only the test set's class names: a config whose test set is not here (a
+    model trained elsewhere) stopped the demo at loading that set."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    cfg = small_mask_rcnn_cfg(depth=18)
+    torch.manual_seed(0)
+    SafeCheckpointer(build_model(cfg), str(tmp_path / "model")).save("model_final")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model" / "model_final.pth")
+    name = "demo_test_set_elsewhere"
+    register_coco_instances(name, {}, str(tmp_path / "elsewhere" / "val.json"),
+                            str(tmp_path / "elsewhere"))
+    cfg.DATASETS.TEST = (name,)
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.dump())
+    try:
+        (image,) = _images(tmp_path / "photos")[:1]
+        demo.main(["--config-file", str(config), "--input", str(image), "--output",
+                   str(tmp_path / "vis"), "--confidence-threshold", "0.0"])
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert (tmp_path / "vis" / "img.png").is_file()
+    assert f"{name!r} cannot be read for its class names" in capsys.readouterr().err
