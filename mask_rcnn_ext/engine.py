@@ -9,7 +9,6 @@ even for CPU modules, which DistributedDataParallel rejects, in v0.6 and upstrea
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import logging
@@ -18,6 +17,7 @@ import signal
 import weakref
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import detectron2.data.transforms as T
 import detectron2.engine.defaults as detectron2_defaults
@@ -38,6 +38,7 @@ from detectron2.engine import launch as detectron2_launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from .checkpoint import SafeCheckpointer, StateLayout
@@ -75,24 +76,12 @@ def launch(main_func, num_gpus_per_machine: int, *args, **kwargs) -> None:
                       num_gpus_per_machine, *args, **kwargs)
 
 
-@contextlib.contextmanager
-def _cpu_aware_ddp():
-    """While active, Detectron2's create_ddp_model leaves ``device_ids`` unset for CPU models.
-
-    Detectron2 offers no hook for this: DefaultTrainer.__init__ calls the module's
-    create_ddp_model directly (v0.6 and upstream), so it is replaced for that call only."""
-    original = detectron2_defaults.create_ddp_model
-
-    def create_ddp_model(model, **kwargs):
-        if next(model.parameters()).device.type == "cpu":
-            kwargs.setdefault("device_ids", None)
-        return original(model, **kwargs)
-
-    detectron2_defaults.create_ddp_model = create_ddp_model
-    try:
-        yield
-    finally:
-        detectron2_defaults.create_ddp_model = original
+def _create_ddp_model(model, **kwargs):
+    """Detectron2's create_ddp_model, leaving ``device_ids`` unset for a CPU model: Detectron2
+    passes them, which DistributedDataParallel refuses for CPU modules."""
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return detectron2_defaults.create_ddp_model(model, **kwargs)
 
 
 def _check_cuda_available(device: str, key: str, to_cpu: str) -> None:
@@ -117,6 +106,16 @@ def _check_amp_device(enabled: bool, device: str, keys: tuple[str, str]) -> None
             f"GPU. Set {keys[0]} False to train in float32 on this machine.")
 
 
+class TrainingSettings(NamedTuple):
+    """What a training run's set-up reads from its config, by key names of either kind."""
+
+    amp: bool
+    device: str
+    amp_keys: tuple[str, str]  # how errors name the AMP switch and the device
+    ddp: dict  # create_ddp_model's keyword arguments
+    max_iter: int
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's DefaultTrainer, evaluating instance segmentation (COCOEvaluator's bbox and segm
     AP, computed faster by :class:`FastCOCOEvaluator`) into ``OUTPUT_DIR/inference``, trainable
@@ -133,11 +132,39 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        _check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE,
-                          ("SOLVER.AMP.ENABLED", "MODEL.DEVICE"))
-        self.check_class_count(cfg, "test")  # the training sets', once they are loaded
-        with _cpu_aware_ddp():
-            super().__init__(cfg)
+        # DefaultTrainer's set-up, as one path for both kinds of config: each part comes from a
+        # method that LazyTrainer overrides for Python configs, and the checks run first.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.scaled_to_workers(cfg)
+        settings = self.settings(cfg)
+        _check_amp_device(settings.amp, settings.device, settings.amp_keys)
+        self.check_class_count(cfg, "test")  # the training sets' once they are loaded
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = _create_ddp_model(model, **settings.ddp)
+        self._trainer = (AMPTrainer if settings.amp else SimpleTrainer)(model, data_loader,
+                                                                        optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SafeCheckpointer(model, self.output_dir(cfg),
+                                               trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = settings.max_iter
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def scaled_to_workers(cls, cfg):
+        """``cfg`` for this many processes (DefaultTrainer's ``auto_scale_workers``)."""
+        return DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+    @classmethod
+    def settings(cls, cfg) -> TrainingSettings:
+        return TrainingSettings(amp=cfg.SOLVER.AMP.ENABLED, device=cfg.MODEL.DEVICE,
+                                amp_keys=("SOLVER.AMP.ENABLED", "MODEL.DEVICE"),
+                                ddp={"broadcast_buffers": False}, max_iter=cfg.SOLVER.MAX_ITER)
 
     @classmethod
     def check_class_count(cls, cfg, split: str) -> None:
@@ -200,13 +227,6 @@ class Trainer(DefaultTrainer):
         model = build_model(meta)  # MODEL.SPEEDUPS keep the state's keys and shapes
         return StateLayout.of(model, cls.build_optimizer(meta, model))
 
-    def build_hooks(self):
-        # DefaultTrainer made its checkpointer just before; the periodic-checkpoint hook and
-        # resume_or_load use this one instead.
-        self.checkpointer = SafeCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
-                                               **self.checkpointer.checkpointables)
-        return super().build_hooks()
-
     @classmethod
     def build_model(cls, cfg):
         _check_cuda_available(cfg.MODEL.DEVICE, "MODEL.DEVICE", "MODEL.DEVICE cpu")
@@ -259,31 +279,35 @@ class LazyTrainer(Trainer):
     project's (:mod:`mask_rcnn_ext.data.build`).
     """
 
-    def __init__(self, cfg):
-        TrainerBase.__init__(self)  # DefaultTrainer's would build every part from a CfgNode
+    @classmethod
+    def scaled_to_workers(cls, cfg):
+        return cfg  # as Detectron2's lazyconfig_train_net: the config says the total batch
+
+    @classmethod
+    def settings(cls, cfg) -> TrainingSettings:
         train = cfg.train
-        _check_amp_device(train.amp.enabled, train.device, ("train.amp.enabled", "train.device"))
-        self.check_class_count(cfg, "test")
-        model = self.build_model(cfg)
+        return TrainingSettings(amp=train.amp.enabled, device=train.device,
+                                amp_keys=("train.amp.enabled", "train.device"),
+                                ddp=dict(train.get("ddp", {})), max_iter=train.max_iter)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
         cfg.optimizer.params.model = model
-        optimizer = instantiate(cfg.optimizer)
+        return instantiate(cfg.optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
         data_loader = instantiate(cfg.dataloader.train)
-        self.check_class_count(cfg, "train")  # the sets are loaded now
-        with _cpu_aware_ddp():
-            model = detectron2_defaults.create_ddp_model(model, **train.get("ddp", {}))
-        self._trainer = (AMPTrainer if train.amp.enabled else SimpleTrainer)(model, data_loader,
-                                                                             optimizer)
+        cls.check_class_count(cfg, "train")  # the sets are loaded now
+        return data_loader
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
         try:
-            self.scheduler = instantiate(cfg.lr_multiplier)  # hooks.LRScheduler applies it
+            return instantiate(cfg.lr_multiplier)  # hooks.LRScheduler applies it
         except ValueError as error:  # fvcore's messages name no key
-            raise ValueError(f"lr_multiplier: {error} (train.max_iter is {train.max_iter}; "
+            raise ValueError(f"lr_multiplier: {error} (train.max_iter is {cfg.train.max_iter}; "
                              "milestones must lie below it)") from error
-        self.checkpointer = SafeCheckpointer(model, self.output_dir(cfg),
-                                               trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = train.max_iter
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
 
     @classmethod
     def initial_weights(cls, cfg) -> str:
