@@ -67,8 +67,15 @@ def _check(model, cfg, form: str, tmp_path) -> dict[str, float]:
     return differences
 
 
-@pytest.mark.parametrize("form", list(FORMS))
-@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+# In `make test`: ROIAlignMax in every form (our traced formulation) and ROIAlignV2 in ONNX
+# (torchvision's RoiAlign); the other whole-model exports run in `make test-all`, each pooler type
+# in every form being tested at the op level in test_roi_ops.py.
+_FAST = {("ROIAlignMax", form) for form in FORMS} | {("ROIAlignV2", "onnx")}
+
+
+@pytest.mark.parametrize(("pooler_type", "form"), [
+    pytest.param(pooler_type, form, marks=() if (pooler_type, form) in _FAST else pytest.mark.slow)
+    for pooler_type in POOLER_TYPES for form in FORMS])
 def test_exported_model_matches_eager(pooler_type, form, tmp_path):
     model, cfg = _model(pooler_type)
     _check(model, cfg, form, tmp_path)
@@ -82,13 +89,20 @@ def test_exported_mask_scoring_model_matches_eager(form, tmp_path):
     assert differences["pred_mask_iou"] <= FORMS[form][1]["scores"] * 10
 
 
-@pytest.mark.parametrize("form", ["traced", "scripted"])
-@pytest.mark.parametrize(("mask_head", "options"), [
-    ("MaskRCNNFCNHead", ("MODEL.ROI_MASK_HEAD.LOSS", "softmax",
-                         "MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION", 56,
-                         "MODEL.ROI_MASK_HEAD.NORM", "BN")),
-    ("MaskRCNNMLPHead", ("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", True)),
-], ids=["fcn-softmax-56-bn", "mlp-class-agnostic"])
+_HEAD_OPTIONS = {
+    "fcn-softmax-56-bn": ("MaskRCNNFCNHead", ("MODEL.ROI_MASK_HEAD.LOSS", "softmax",
+                                              "MODEL.ROI_MASK_HEAD.OUTPUT_RESOLUTION", 56,
+                                              "MODEL.ROI_MASK_HEAD.NORM", "BN")),
+    "mlp-class-agnostic": ("MaskRCNNMLPHead", ("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", True)),
+}
+
+
+# In `make test` one of them, traced; all in `make test-all`.
+@pytest.mark.parametrize(("mask_head", "options", "form"), [
+    pytest.param(*_HEAD_OPTIONS[name], form, id=f"{name}-{form}",
+                 marks=() if (name, form) == ("mlp-class-agnostic", "traced")
+                 else pytest.mark.slow)
+    for name in _HEAD_OPTIONS for form in ("traced", "scripted")])
 def test_exported_mask_head_options_match_eager(mask_head, options, form, tmp_path):
     model, cfg = _model("ROIAlignV2", mask_head, options)
     _check(model, cfg, form, tmp_path)
