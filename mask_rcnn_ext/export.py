@@ -105,6 +105,12 @@ def export(model, image: Tensor, output: Path, fmt: str, method: str = "tracing"
         if method == "scripting":
             path = output / "model.ts"
             scripting_with_instances(model, _SCRIPTED_FIELDS).save(str(path))
+            # The names of a traced model.ts that this one replaced: they describe it no more.
+            stale = output / "outputs.txt"
+            if stale.exists():
+                logger.warning("removing %s: it named the outputs of the traced model that %s "
+                               "replaced", stale, path)
+                stale.unlink()
             return path
         adapter = _tracing_adapter(model, image)
         names = _output_names(adapter)

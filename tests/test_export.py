@@ -163,3 +163,14 @@ def test_a_scripted_export_loads_and_runs_in_a_fresh_process(tmp_path):
     boxes = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
     assert len(boxes) == len(eager) > 0
     torch.testing.assert_close(boxes, eager, atol=1e-4, rtol=0)
+
+
+def test_a_scripted_export_over_a_traced_one_removes_its_output_names(tmp_path):
+    """outputs.txt names a traced model's outputs; left beside the scripted model.ts that
+    replaced it, it described a model that was no longer there."""
+    model, cfg = _model.__wrapped__("ROIAlignV2")
+    image = export.sample_image(cfg)
+    export.export(model, image, tmp_path, "torchscript", "tracing")
+    assert (tmp_path / "outputs.txt").is_file()
+    export.export(model, image, tmp_path, "torchscript", "scripting")
+    assert not (tmp_path / "outputs.txt").exists()

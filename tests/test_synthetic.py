@@ -106,8 +106,11 @@ def test_the_small_set_has_its_own_size_and_builtin_names(tmp_path):
 def test_missing_files_are_named(tmp_path):
     register_synthetic(tmp_path)
     try:
-        with pytest.raises(FileNotFoundError, match=r"prepare_synthetic\.py"):
+        with pytest.raises(FileNotFoundError, match=r"prepare_synthetic\.py") as error:
             DatasetCatalog.get("synthetic_train")
+        assert "make demo" not in str(error.value)  # it writes synthetic_small only
+        with pytest.raises(FileNotFoundError, match=r"--set synthetic_small`; `make demo`"):
+            DatasetCatalog.get("synthetic_small_train")
     finally:
         register_synthetic()
 

@@ -54,10 +54,11 @@ def _load_synthetic(name: str, synthetic_set: str, split: str, root: Path | None
         MetadataCatalog.remove(name)
         _set_synthetic_metadata(name, json_file, image_root)
     if not json_file.is_file():
+        also = "; `make demo` writes it too" if synthetic_set == "synthetic_small" else ""
         raise FileNotFoundError(
             f"data set {name!r}: {json_file} does not exist. Generate the synthetic set with "
             f"`python -m mask_rcnn_ext.data.synthetic --set {synthetic_set}` (or `python "
-            f"datasets/prepare_synthetic.py --set {synthetic_set}`, `make demo`), or point "
+            f"datasets/prepare_synthetic.py --set {synthetic_set}`{also}), or point "
             f"DETECTRON2_DATASETS at the folder that holds {synthetic_set}/."
         )
     return _load_coco_json(name, json_file, image_root)
