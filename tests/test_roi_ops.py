@@ -421,6 +421,82 @@ def test_max_differs_from_avg_and_bounds_it():
     assert (maximum > average + 1e-3).float().mean() > 0.5
 
 
+def _max_by_torch_max(features: torch.Tensor, boxes: torch.Tensor, pooled: int,
+                      grid: int) -> torch.Tensor:
+    """Aligned max RoIAlign (scale 1) by its definition: each bin's grid x grid bilinear samples
+    stacked in (y, x) order and reduced by ``torch.max``, whose gradient goes to the first of
+    equal maxima. Boxes inside the map, away from its border."""
+    outputs = []
+    for image, x1, y1, x2, y2 in boxes.tolist():
+        bins = []
+        for p in range(pooled):
+            for q in range(pooled):
+                samples = []
+                for iy in range(grid):
+                    for ix in range(grid):
+                        y = y1 - 0.5 + (p + (iy + 0.5) / grid) * (y2 - y1) / pooled
+                        x = x1 - 0.5 + (q + (ix + 0.5) / grid) * (x2 - x1) / pooled
+                        top, left = int(y), int(x)
+                        dy, dx = y - top, x - left
+                        rows = features[int(image), :, top:top + 2, left:left + 2]
+                        samples.append((1 - dy) * (1 - dx) * rows[:, 0, 0]
+                                       + (1 - dy) * dx * rows[:, 0, 1]
+                                       + dy * (1 - dx) * rows[:, 1, 0] + dy * dx * rows[:, 1, 1])
+                bins.append(torch.stack(samples).max(dim=0).values)
+        outputs.append(torch.stack(bins, dim=1).view(-1, pooled, pooled))
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("backend", ["separable", "traceable"])
+def test_max_gradient_goes_to_the_first_of_equal_maxima(backend):
+    """Channel 0 is constant (every sample ties), channel 1 has a constant plateau that is its
+    maximum (the samples on it tie) and channel 2 is random: the gradient as torch.max's."""
+    features = torch.randn(1, 3, 12, 12, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(3))
+    features[0, 0] = 1.0
+    features[0, 1, 4:8, 3:9] = 5.0
+    boxes = torch.tensor([[0, 2.3, 3.1, 10.2, 9.4], [0, 4.0, 4.5, 8.5, 8.0]], dtype=torch.float64)
+    weights = _output_weights((2, 3, 2, 2))
+    gradients = []
+    for pool in (lambda f: _max_by_torch_max(f, boxes, 2, 3),
+                 lambda f: backends.pool("roi_align_max", f, boxes, (2, 2), 1.0,
+                                         sampling_ratio=3, aligned=True)):
+        leaf = features.clone().requires_grad_(True)
+        with backends.forced(backend):
+            output = pool(leaf)
+        (gradient,) = torch.autograd.grad(output, leaf, weights)
+        gradients.append((output, gradient))
+    (expected, expected_gradient), (output, gradient) = gradients
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(gradient, expected_gradient)
+
+
+def test_sample_maximum_routes_the_gradient_as_torch_max():
+    """The eager max over each bin's samples, against ``torch.max`` over the bin's samples in
+    (y, x) order: ties (values from a few levels) go to the first, NaN propagates and takes the
+    gradient at its first occurrence."""
+    from mask_rcnn_ext.layers.separable import _SampleMaximum
+
+    generator = torch.Generator().manual_seed(4)
+    pooled_y, samples_y, pooled_x, samples_x = 2, 3, 3, 2
+    samples = torch.randint(0, 3, (4, pooled_y * samples_y, pooled_x * samples_x, 5),
+                            generator=generator).double()
+    samples[0, 1, 2, 0] = samples[2, 4, 0, 3] = samples[2, 5, 1, 3] = float("nan")
+    weights = torch.rand(4, pooled_y, pooled_x, 5, generator=generator, dtype=torch.float64)
+    results = []
+    for reduce in (lambda v: _SampleMaximum.apply(v, pooled_y, pooled_x),
+                   lambda v: v.view(4, pooled_y, samples_y, pooled_x, samples_x, 5)
+                   .permute(0, 1, 3, 5, 2, 4).reshape(4, pooled_y, pooled_x, 5, -1)
+                   .max(dim=4).values):
+        leaf = samples.clone().requires_grad_(True)
+        output = reduce(leaf)
+        results.append((output, *torch.autograd.grad(output, leaf, weights)))
+    (output, gradient), (expected, expected_gradient) = results
+    assert output.isnan().sum() == 2
+    torch.testing.assert_close(output, expected, equal_nan=True)
+    torch.testing.assert_close(gradient, expected_gradient)
+
+
 def test_empty_boxes_and_bad_input():
     features = _features(torch.float32)
     assert layers.roi_align(features, torch.zeros(0, 5), (3, 4), 0.5).shape == (0, 3, 3, 4)

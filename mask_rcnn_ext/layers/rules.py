@@ -43,7 +43,6 @@ __all__ = [
     "samples_per_bin",
     "scaled_boxes",
     "validated_rois",
-    "window_columns",
 ]
 
 
@@ -168,27 +167,24 @@ def gather_windows(table: Tensor, index: Tensor) -> Tensor:
         index.shape[0], index.shape[1], index.shape[2], table.shape[1])
 
 
-def contract_along_y(windows: Tensor, weights_y: Tensor) -> Tensor:
-    """(G, Ly, Lx, C) windows contracted along y with (G, R, Ly) weights -> (G, R, Lx, C): one
-    (R x Ly) @ (Ly x Lx*C) product per RoI."""
-    num, length_y, length_x, channels = windows.shape
-    along_y = torch.bmm(weights_y, windows.reshape(num, length_y, length_x * channels))
-    return along_y.view(num, weights_y.shape[1], length_x, channels)
+def contract_along_x(windows: Tensor, weights_x: Tensor) -> Tensor:
+    """(G, Ly, Lx, C) windows contracted along x with (G, S, Lx) weights -> (G, Ly, S, C): one
+    (S x Lx) @ (Lx x C) product per window row.
+
+    x first, then y (:func:`contract_along_y`): each product's operands and result are contiguous
+    in channels-last windows, where y first needs the y-contracted values transposed for the x
+    products (measured on CPU: 10-30% slower forward, and up to 6x slower backward through the
+    transpose at max pooling's sample counts).
+    """
+    return torch.matmul(weights_x[:, None], windows)
 
 
-def window_columns(along_y: Tensor) -> Tensor:
-    """(G, R, Lx, C) -> (G, Lx, R * C): each window column's values contiguous, so that the x
-    contraction is one product per RoI (measured 4x faster on CPU than R products per RoI at max
-    pooling's sample counts, and no slower at average pooling's)."""
-    num, rows, length_x, channels = along_y.shape
-    return along_y.transpose(1, 2).reshape(num, length_x, rows * channels)
-
-
-def contract_along_x(along_y: Tensor, weights_x: Tensor) -> Tensor:
-    """(G, R, Lx, C) values contracted along x with (G, S, Lx) weights -> (G, S, R, C)."""
-    num, rows, _, channels = along_y.shape
-    return torch.bmm(weights_x, window_columns(along_y)).view(num, weights_x.shape[1], rows,
-                                                              channels)
+def contract_along_y(along_x: Tensor, weights_y: Tensor) -> Tensor:
+    """(G, Ly, S, C) values contracted along y with (G, R, Ly) weights -> (G, R, S, C): one
+    (R x Ly) @ (Ly x S*C) product per RoI."""
+    num, length_y, columns, channels = along_x.shape
+    along_y = torch.bmm(weights_y, along_x.reshape(num, length_y, columns * channels))
+    return along_y.view(num, weights_y.shape[1], columns, channels)
 
 
 def scaled_boxes(rois: Tensor, spatial_scale: float, aligned: bool,

@@ -40,7 +40,6 @@ from .rules import (
     resized_crop_weights,
     samples_per_bin,
     scaled_boxes,
-    window_columns,
 )
 
 __all__ = ["AxisWeights", "pool_separable", "precise_roi_pool", "roi_align", "roi_warp",
@@ -128,15 +127,15 @@ class _WindowContraction(torch.autograd.Function):
     """All chunks' window contractions in one autograd node.
 
     Inputs: the (N, C, H, W) features, then per chunk its window pixel index (G, Ly, Lx) into the
-    features' pixels and its weights (G, R, Ly) and (G, S, Lx). Outputs per chunk: (G, S, R, C)
-    (:func:`.rules.contract_along_y`, then :func:`.rules.contract_along_x`), or (G, R, Lx, C)
-    without ``contract_x``. The backward accumulates every chunk's window gradients into one
-    pixel-row buffer with ``index_add_`` (autograd's own indexing backward would allocate and
-    fill one feature-sized buffer per chunk) and returns it in the features' NCHW layout.
+    features' pixels and its weights (G, R, Ly) and (G, S, Lx). Outputs per chunk: (G, R, S, C)
+    (:func:`.rules.contract_along_x`, then :func:`.rules.contract_along_y`). The backward
+    accumulates every chunk's window gradients into one pixel-row buffer with ``index_add_``
+    (autograd's own indexing backward would allocate and fill one feature-sized buffer per chunk)
+    and returns it in the features' NCHW layout.
     """
 
     @staticmethod
-    def forward(ctx, features: Tensor, contract_x: bool, *chunks: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx, features: Tensor, *chunks: Tensor) -> tuple[Tensor, ...]:
         window_pixels = sum(index.numel() for index in chunks[0::3])
         # Converting the whole map to pixel rows pays off when the windows cover much of it;
         # otherwise each window value is read straight from the NCHW map.
@@ -148,11 +147,8 @@ class _WindowContraction(torch.autograd.Function):
         outputs = []
         for index, weights_y, weights_x in zip(chunks[0::3], chunks[1::3], chunks[2::3],
                                                 strict=True):
-            along_y = contract_along_y(gather(index).to(weights_y.dtype), weights_y)
-            if contract_x:
-                along_y = contract_along_x(along_y, weights_x)
-            outputs.append(along_y)
-        ctx.contract_x = contract_x
+            along_x = contract_along_x(gather(index).to(weights_y.dtype), weights_x)
+            outputs.append(contract_along_y(along_x, weights_y))
         ctx.save_for_backward(features, *chunks)
         return tuple(outputs)
 
@@ -174,36 +170,33 @@ class _WindowContraction(torch.autograd.Function):
         grad_chunks: list[Tensor | None] = []
         for position, grad_values in enumerate(grad_outputs):
             index, weights_y, weights_x = chunks[3 * position:3 * position + 3]
-            need_y, need_x = ctx.needs_input_grad[3 + 3 * position:5 + 3 * position]
-            num, length_y, length_x = index.shape
-            rows = weights_y.shape[1]
-            if ctx.contract_x:
-                grad_values = grad_values.to(dtype).reshape(num, weights_x.shape[1], -1)
-                # (G, S, R, C) -> (G, Lx, R, C) -> (G, R, Lx, C): undo the x contraction. The
-                # small transposed weights are made contiguous: CPU batched products are several
-                # times slower on strided ones.
-                grad_columns = torch.bmm(weights_x.transpose(1, 2).contiguous(), grad_values)
-                grad_along_y = grad_columns.view(num, length_x, rows, channels).transpose(1, 2)
-            else:
-                grad_along_y = grad_values.to(dtype)
-            grad_along_y = grad_along_y.reshape(num, rows, length_x * channels)
+            need_y, need_x = ctx.needs_input_grad[2 + 3 * position:4 + 3 * position]
+            num, length_y = index.shape[:2]
+            columns = weights_x.shape[1]
+            grad_values = grad_values.to(dtype).reshape(num, weights_y.shape[1], -1)
+            # (G, R, S*C) -> (G, Ly, S, C): undo the y contraction. The small transposed weights
+            # are made contiguous: CPU batched products are several times slower on strided ones.
+            grad_along_x = torch.bmm(weights_y.transpose(1, 2).contiguous(), grad_values).view(
+                num, length_y, columns, channels)
             if grad_table is not None:
-                grad_windows = torch.bmm(weights_y.transpose(1, 2).contiguous(), grad_along_y)
+                # (G, Ly, Lx, C): undo the x contraction, one product per window row.
+                grad_windows = torch.matmul(weights_x.transpose(1, 2).contiguous()[:, None],
+                                            grad_along_x)
                 grad_table.index_add_(0, index.reshape(-1), grad_windows.view(-1, channels))
             grad_y = grad_x = None
             if need_y or need_x:
                 table = pixel_table(features) if table is None else table
                 windows = gather_windows(table, index).to(dtype)
             if need_y:
-                grad_y = torch.bmm(grad_along_y, windows.view(num, length_y, -1).transpose(1, 2))
-            if need_x and ctx.contract_x:
-                along_y = contract_along_y(windows, weights_y)
-                grad_x = torch.bmm(grad_values, window_columns(along_y).transpose(1, 2))
+                along_x = contract_along_x(windows, weights_x).view(num, length_y, -1)
+                grad_y = torch.bmm(grad_values, along_x.transpose(1, 2))
+            if need_x:
+                grad_x = torch.matmul(grad_along_x, windows.transpose(2, 3)).sum(dim=1)
             grad_chunks += [None, grad_y, grad_x]
         grad_features = None
         if grad_table is not None:
             grad_features = _channels_first(grad_table, features.shape).to(features.dtype)
-        return (grad_features, None, *grad_chunks)
+        return (grad_features, *grad_chunks)
 
 
 def _channels_first(table: Tensor, shape: torch.Size) -> Tensor:
@@ -235,7 +228,7 @@ def pool_separable(
     batch_index: Tensor,
     axis_y: AxisWeights,
     axis_x: AxisWeights,
-    reduce: Callable[[Tensor, Tensor], Tensor] | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Contract every RoI's window with its axis weights.
 
@@ -243,10 +236,9 @@ def pool_separable(
         features: (N, C, H, W).
         batch_index: (K,) int64 image of each RoI.
         axis_y, axis_x: the weights along each axis (R rows, S columns).
-        reduce: optional ``reduce(along_y, weights_x)``, which replaces the x contraction of
-            each chunk of G RoIs: it gets their values contracted along y only, channels-last
-            (G, R, Lx, C), and their (G, S, Lx) x weights, and returns (G, Q, P, C) (e.g. the
-            maximum over each bin's samples).
+        reduce: optional ``reduce(values)`` applied to each chunk of G RoIs' contracted values,
+            channels-last (G, R, S, C), returning (G, P, Q, C) (e.g. the maximum over each
+            bin's samples, with one row and column per sample).
 
     Returns:
         (K, C, P, Q) with (P, Q) = (R, S) when ``reduce`` is None, in the features' dtype.
@@ -268,15 +260,14 @@ def pool_separable(
         weights_x = axis_x.matrix(rows, length_x) * (offsets_x < axis_x.length[rows, None])[:, None]
         chunk_tensors += [index, weights_y, weights_x]
         order.append(rows)
-    values = _WindowContraction.apply(features, reduce is None, *chunk_tensors)
+    values = _WindowContraction.apply(features, *chunk_tensors)
     if reduce is not None:
-        values = [reduce(along_y, weights_x)
-                  for along_y, weights_x in zip(values, chunk_tensors[2::3], strict=True)]
+        values = [reduce(chunk_values) for chunk_values in values]
     # Chunk order back to RoI order with one permutation: writing each chunk in place instead
     # would make autograd copy the whole output gradient once per chunk (measured: 60% of a
     # single-level backward with 120 chunks).
     inverse = torch.argsort(torch.cat(order))
-    pooled = torch.cat([chunk_values.permute(0, 3, 2, 1) for chunk_values in values])
+    pooled = torch.cat([chunk_values.permute(0, 3, 1, 2) for chunk_values in values])
     pooled = pooled.index_select(0, inverse)
     return pooled.to(features.dtype)
 
@@ -326,59 +317,80 @@ class BilinearSamples(AxisWeights):
 
 
 class _SampleMaximum(torch.autograd.Function):
-    """Each bin's maximum over its Sy x Sx bilinear samples, from values interpolated along y.
+    """Each bin's maximum over its Sy x Sx bilinear samples: (G, R, S, C) samples at the
+    R = P*Sy sample rows and S = Q*Sx sample columns -> (G, P, Q, C).
 
-    Forward: (G, R, Lx, C) values at the R = P*Sy sample rows, x weights (G, S, Lx) of the
-    S = Q*Sx sample columns -> samples (one product per RoI) -> (G, Q, P, C) maxima. Only the
-    winning samples' positions (uint8) are kept: the backward sends each bin's gradient to the two
-    columns that its winning sample interpolates (the first of equal maxima in (y, x) order, like
-    ``torch.max``), by scatters into the y-interpolated values, instead of a dense gradient over
-    every sample (measured: that was half of max pooling's backward).
+    Only the winning samples' positions (uint8, the first of equal maxima in (y, x) order, like
+    ``torch.max``) are kept; the backward builds the samples' gradient from them by broadcast
+    products (measured on CPU: faster than scattering each bin's gradient to its winner's
+    interpolation taps, and than ``where`` over one mask of every sample).
     """
 
     @staticmethod
-    def forward(ctx, along_y: Tensor, weights_x: Tensor, pooled_y: int, pooled_x: int) -> Tensor:
-        num, rows, _, channels = along_y.shape
-        columns = weights_x.shape[1]
-        samples = torch.bmm(weights_x, window_columns(along_y))
-        grid = samples.view(num, pooled_x, columns // pooled_x, pooled_y, rows // pooled_y,
+    def forward(ctx, samples: Tensor, pooled_y: int, pooled_x: int) -> Tensor:
+        num, rows, columns, channels = samples.shape
+        grid = samples.view(num, pooled_y, rows // pooled_y, pooled_x, columns // pooled_x,
                             channels)
-        best_in_column, winner_x = grid.max(dim=2)  # (G, Q, P, Sy, C)
-        best, winner_y = best_in_column.max(dim=3)  # (G, Q, P, C)
-        winner_x = winner_x.gather(3, winner_y.unsqueeze(3)).squeeze(3)
-        ctx.save_for_backward(weights_x, winner_x.to(torch.uint8), winner_y.to(torch.uint8))
-        ctx.rows = rows
+        # amax, then the winners by comparison: max(dim) with indices over these strided dims
+        # measured 10x slower on CPU than amax, and the winners are only needed for a backward.
+        best_in_row = grid.amax(dim=4)  # (G, P, Sy, Q, C)
+        best = best_in_row.amax(dim=2)  # (G, P, Q, C)
+        if ctx.needs_input_grad[0]:
+            # NaN propagates: without one in the maxima, there is none among the samples.
+            with_nan = bool(best.isnan().any())
+            winner_y = _first_maximum(best_in_row.unbind(2), best, with_nan)  # (G, P, Q, C)
+            # The winning rows' samples only (G, P, Q, Sx, C): a 1 / Sy share of them all.
+            winning_rows = grid.gather(2, winner_y.long()[:, :, None, :, None].expand(
+                -1, -1, 1, -1, grid.shape[4], -1)).squeeze(2)
+            winner_x = _first_maximum(winning_rows.unbind(3), best, with_nan)
+            ctx.save_for_backward(winner_y, winner_x)
+            ctx.samples = (rows // pooled_y, columns // pooled_x)
         return best
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        weights_x, winner_x, winner_y = ctx.saved_tensors
-        num, pooled_x, pooled_y, channels = grad.shape
-        columns, length_x = weights_x.shape[1:]
-        samples_x, samples_y = columns // pooled_x, ctx.rows // pooled_y
-        steps_x = torch.arange(pooled_x, device=grad.device)[:, None, None] * samples_x
-        steps_y = torch.arange(pooled_y, device=grad.device)[:, None] * samples_y
-        column = (steps_x + winner_x.long()).view(num, -1)  # (G, Q*P*C)
-        row = (steps_y + winner_y.long()).view(num, -1)
-        # A sample's x weights are two neighbouring window columns, the first one positive.
-        low = (weights_x > 0).to(torch.uint8).argmax(dim=2).gather(1, column)
-        flat_weights = weights_x.reshape(num, columns * length_x)
-        grad_along_y = grad.new_zeros((num, ctx.rows * length_x, channels))
-        grad = grad.reshape(num, -1, channels)
-        for tap in (low, low + 1):
-            inside = tap < length_x
-            tap = tap.clamp(max=length_x - 1)
-            weight = flat_weights.gather(1, column * length_x + tap) * inside
-            grad_along_y.scatter_add_(1, (row * length_x + tap).view(grad.shape),
-                                      grad * weight.view(grad.shape))
-        return grad_along_y.view(num, ctx.rows, length_x, channels), None, None, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        winner_y, winner_x = ctx.saved_tensors
+        samples_y, samples_x = ctx.samples
+        num, pooled_y, pooled_x, channels = grad.shape
+        steps_y = torch.arange(samples_y, device=grad.device, dtype=torch.uint8)
+        steps_x = torch.arange(samples_x, device=grad.device, dtype=torch.uint8)
+        # (G, P, Sy, Q, C): the gradient at each bin's winning row, then at its winning column.
+        at_row = grad[:, :, None] * (winner_y[:, :, None] == steps_y[:, None, None])
+        at_column = winner_x[:, :, :, None] == steps_x[:, None]  # (G, P, Q, Sx, C)
+        grad_samples = grad.new_empty(num, pooled_y, samples_y, pooled_x, samples_x, channels)
+        torch.mul(at_row[:, :, :, :, None], at_column[:, :, None], out=grad_samples)
+        return (grad_samples.view(num, pooled_y * samples_y, pooled_x * samples_x, channels),
+                None, None)
+
+
+def _first_maximum(candidates: tuple[Tensor, ...], best: Tensor, with_nan: bool) -> Tensor:
+    """The position (uint8) of the first of ``candidates`` that equals ``best``, their
+    element-wise maximum, as ``torch.max``'s index; with ``with_nan``, NaN counts as the maximum.
+
+    Counted as the number of leading candidates that are not the maximum: three passes over bytes
+    per candidate (max(dim) with indices measured 10x slower than amax over these strided dims,
+    and masked_fill_ or where into uint8 5-10x slower than these comparisons, on CPU).
+    """
+    if len(candidates) == 1:
+        return torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
+    winner = leading = None
+    for candidate in candidates[:-1]:
+        passed = candidate != best
+        if with_nan:
+            passed &= ~candidate.isnan()
+        if leading is None:
+            leading, winner = passed, passed.to(torch.uint8)
+        else:
+            leading &= passed
+            winner += leading
+    return winner
 
 
 def _bin_maximum(axis_y: BilinearSamples, axis_x: BilinearSamples):
     """``reduce`` for :func:`pool_separable`: the maximum over each bin's samples."""
 
-    def reduce(along_y: Tensor, weights_x: Tensor) -> Tensor:
-        return _SampleMaximum.apply(along_y, weights_x, axis_y.pooled, axis_x.pooled)
+    def reduce(samples: Tensor) -> Tensor:
+        return _SampleMaximum.apply(samples, axis_y.pooled, axis_x.pooled)
 
     return reduce
 

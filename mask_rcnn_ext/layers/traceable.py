@@ -106,11 +106,11 @@ def _windows(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
 def _contract(features: Tensor, batch_index: Tensor, rows: Tensor, weights_y: Tensor,
               columns: Tensor, weights_x: Tensor) -> Tensor:
     """Each RoI's window (rows (K, Ly) x columns (K, Lx) of image ``batch_index``) contracted
-    with (K, R, Ly) and (K, S, Lx) weights -> (K, S, R, C), in the weights' dtype."""
+    with (K, R, Ly) and (K, S, Lx) weights -> (K, R, S, C), in the weights' dtype."""
     _, _, height, width = features.shape
     index = (batch_index[:, None, None] * height + rows[:, :, None]) * width + columns[:, None, :]
     windows = gather_windows(pixel_table(features), index).to(weights_y.dtype)
-    return contract_along_x(contract_along_y(windows, weights_y), weights_x)
+    return contract_along_y(contract_along_x(windows, weights_x), weights_y)
 
 
 def _align_axis(roi_start: Tensor, roi_length: Tensor, pooled: int, sampling_ratio: int,
@@ -133,14 +133,14 @@ def _roi_align_max(input: Tensor, rois: Tensor, output_size: tuple[int, int],
                                   input.shape[-2])
     weights_x, columns = _align_axis(start[:, 0], extent[:, 0], pooled_w, sampling_ratio,
                                      input.shape[-1])
-    # (K, Q * Sx, P * Sy, C), bin-major on both axes: the maximum over each bin's samples.
+    # (K, P * Sy, Q * Sx, C), bin-major on both axes: the maximum over each bin's samples.
     samples = _contract(input, rois[:, 0].long(), rows, weights_y, columns, weights_x)
-    num_rois, sample_columns, sample_rows, channels = samples.shape
-    samples = samples.view(num_rois, pooled_w, sample_columns // pooled_w, pooled_h,
-                           sample_rows // pooled_h, channels)
+    num_rois, sample_rows, sample_columns, channels = samples.shape
+    samples = samples.view(num_rois, pooled_h, sample_rows // pooled_h, pooled_w,
+                           sample_columns // pooled_w, channels)
     # The first of equal maxima in (y, x) order takes the gradient, as in the eager ops.
-    best_in_row = samples.max(dim=2).values  # (K, Q, P, Sy, C)
-    return best_in_row.max(dim=3).values.permute(0, 3, 2, 1)
+    best_in_row = samples.max(dim=4).values  # (K, P, Sy, Q, C)
+    return best_in_row.max(dim=2).values.permute(0, 3, 1, 2)
 
 
 def _precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
@@ -155,7 +155,7 @@ def _precise_roi_pool(input: Tensor, rois: Tensor, output_size: tuple[int, int],
     weights_x = (integrated_bin_weights(start[:, 0], extent[:, 0], output_size[1], pixels_x)
                  * (pixels_x < width)[:, None])
     pooled = _contract(input, rois[:, 0].long(), rows, weights_y, columns, weights_x)
-    return pooled.permute(0, 3, 2, 1)
+    return pooled.permute(0, 3, 1, 2)
 
 
 def _crop_axis(low: Tensor, high: Tensor, pooled: int, size: int) -> tuple[Tensor, Tensor]:
@@ -173,4 +173,4 @@ def _roi_warp(input: Tensor, rois: Tensor, output_size: tuple[int, int],
     weights_y, rows = _crop_axis(scaled[:, 1], scaled[:, 3], output_size[0], input.shape[-2])
     weights_x, columns = _crop_axis(scaled[:, 0], scaled[:, 2], output_size[1], input.shape[-1])
     pooled = _contract(input, rois[:, 0].long(), rows, weights_y, columns, weights_x)
-    return pooled.permute(0, 3, 2, 1)
+    return pooled.permute(0, 3, 1, 2)
