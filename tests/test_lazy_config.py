@@ -18,8 +18,9 @@ from mask_rcnn_ext.engine import LazyTrainer, Trainer
 from support.models import calibrated_model, synthetic_images, training_batch
 
 CONFIGS = ROOT / "configs"
-TWINS = ["Synthetic/mask_rcnn_R_18_FPN_cpu", "Synthetic/mask_scoring_R_18_FPN_cpu",
-         "COCO/mask_rcnn_R_50_FPN_1x", "COCO/mask_scoring_R_50_FPN_1x"]
+TWINS = ["Synthetic/mask_rcnn_R_18_FPN_cpu", "Synthetic/mask_rcnn_R_18_FPN_small_cpu",
+         "Synthetic/mask_scoring_R_18_FPN_cpu", "COCO/mask_rcnn_R_50_FPN_1x",
+         "COCO/mask_scoring_R_50_FPN_1x"]
 
 
 def _twins(name: str):
@@ -99,7 +100,9 @@ def test_lazy_config_model_predicts_and_trains_as_the_yaml_configs(name):
         torch.testing.assert_close(losses["lazy"][loss], value, rtol=0, atol=0, msg=loss)
 
 
-@pytest.mark.parametrize("name", ["Synthetic/mask_rcnn_R_18_FPN_cpu", "COCO/mask_rcnn_R_50_FPN_1x"])
+@pytest.mark.parametrize("name", ["Synthetic/mask_rcnn_R_18_FPN_cpu",
+                                  "Synthetic/mask_rcnn_R_18_FPN_small_cpu",
+                                  "COCO/mask_rcnn_R_50_FPN_1x"])
 def test_lazy_config_trains_as_the_yaml_config(name):
     yaml_cfg, lazy_cfg = _twins(name)
     model = Trainer.build_model(yaml_cfg)
@@ -115,6 +118,7 @@ def test_lazy_config_trains_as_the_yaml_config(name):
     assert lazy_cfg.train.max_iter == max_iter
     assert lazy_cfg.train.checkpointer.period == yaml_cfg.SOLVER.CHECKPOINT_PERIOD
     assert lazy_cfg.train.init_checkpoint == yaml_cfg.MODEL.WEIGHTS
+    assert lazy_cfg.train.eval_period == yaml_cfg.TEST.EVAL_PERIOD
     yaml_schedule = build_lr_scheduler(yaml_cfg, yaml_optimizer)
     lazy_multiplier = instantiate(lazy_cfg.lr_multiplier)
     for iteration in range(max_iter):
