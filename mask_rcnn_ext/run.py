@@ -27,10 +27,12 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import yaml
 from detectron2.config import CfgNode, LazyConfig
 from detectron2.engine import default_setup
+from detectron2.engine import defaults as detectron2_defaults
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -178,6 +180,14 @@ def _keeping_config(folder: Path):
             os.replace(aside, config)
 
 
+def _plain_configs():
+    """While in the block, Detectron2's default_setup logs the config file and the full config
+    as they are. It colours them with pygments (whenever installed, as pytest and IPython
+    install it) for a terminal, and the same text went to log.txt: ANSI escape codes in every
+    line of a file that is read with an editor, grep or a browser."""
+    return mock.patch.object(detectron2_defaults, "_highlight", lambda code, filename: code)
+
+
 def setup_run(cfg, args, trainer_class) -> None:
     """Detectron2's ``default_setup(cfg, args)`` for a run of ``trainer_class``
     (:class:`~mask_rcnn_ext.engine.Trainer` or ``LazyTrainer``), with its output folder guarded
@@ -196,7 +206,7 @@ def setup_run(cfg, args, trainer_class) -> None:
             changes = _check_resume(cfg, folder, checkpoint, trainer_class)
             keep_config = True
     comm.synchronize()
-    with _keeping_config(folder) if keep_config else contextlib.nullcontext():
+    with _keeping_config(folder) if keep_config else contextlib.nullcontext(), _plain_configs():
         default_setup(cfg, args)
     logger = setup_logger(output_dir, distributed_rank=comm.get_rank(), name="mask_rcnn_ext")
     # Detectron2's setup_logger stops propagation; ours propagate (to no handler when run from

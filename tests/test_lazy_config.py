@@ -172,6 +172,8 @@ def test_train_net_trains_resumes_and_evaluates_a_lazy_config(tiny_coco_dataset,
     assert (output / "metrics.json").is_file() and (output / "config.yaml").is_file()
     assert set(results) == {"bbox", "segm", "boundary"}  # evaluated after the last iteration
     assert "copypaste: Task: segm" in capsys.readouterr().out
+    log = (output / "log.txt").read_text()  # the config file as text, not coloured for a terminal
+    assert "model.roi_heads.num_classes = 4" in log and "\x1b[" not in log
 
     trainer_state = torch.load(output / "model_final.pth", weights_only=True)
     assert trainer_state["iteration"] == 1

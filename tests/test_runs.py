@@ -153,6 +153,9 @@ def test_resume_refuses_a_config_that_does_not_fit_the_checkpoint(finished_run, 
               if "with settings that differ from the run's config.yaml, which is kept as it "
                  "was: " in line]
     assert len(logged) == 1 and "SOLVER.MAX_ITER: 2 -> 3" in logged[0]
+    log = (output / "log.txt").read_text()
+    # The config file and the full config are logged as text, not coloured for a terminal.
+    assert "Running with full config:\nCUDNN_BENCHMARK: false" in log and "\x1b[" not in log
     # --eval-only in the run's folder keeps it too.
     train_net.main(_arguments(config, "--eval-only", "OUTPUT_DIR", str(output), "MODEL.WEIGHTS",
                               str(output / "model_final.pth")))
