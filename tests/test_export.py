@@ -5,6 +5,7 @@ another size than the one traced, with another number of detections (stock Detec
 models handle both too)."""
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -119,7 +120,13 @@ def test_command_line_writes_the_model_and_prints_the_differences(tmp_path, caps
                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
     with pytest.raises(UnusableWeightsError, match="no weights given"):
         export.main(arguments)  # this config has no MODEL.WEIGHTS: random weights are refused
-    differences = export.main(["--skip-weight-checks", *arguments])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        differences = export.main(["--skip-weight-checks", *arguments])
+    # Generic warnings (TracerWarning, torch.jit's deprecation) would say nothing about this model:
+    # the check on a second image of another size does.
+    assert [str(w.message) for w in caught
+            if issubclass(w.category, (torch.jit.TracerWarning, FutureWarning))] == []
     loaded = torch.jit.load(str(tmp_path / "model.ts"))
     names = (tmp_path / "outputs.txt").read_text().split()
     outputs = loaded(export.sample_image(_model("ROIAlignV2")[1]))
@@ -127,6 +134,8 @@ def test_command_line_writes_the_model_and_prints_the_differences(tmp_path, caps
     assert outputs[names.index("pred_masks")].shape[1:] == (1, 28, 28)
     printed = capsys.readouterr().out
     assert f"wrote {tmp_path / 'model.ts'}" in printed
+    assert ("on the sample image (256 x 320) and a second image of another size (224 x 240)"
+            in printed)
     assert differences["pred_boxes"] <= 1e-4 and "pred_boxes:" in printed
 
 

@@ -132,7 +132,8 @@ class ROIPooler(nn.Module):
         """x: one (N, C, H, W) map per scale; box_lists: N Boxes in image pixels -> (M, C, P, Q)."""
         if len(x) != len(self.level_poolers):
             raise ValueError(f"ROIPooler has {len(self.level_poolers)} levels, got {len(x)} maps")
-        if len(box_lists) != x[0].shape[0]:
+        # Traced, the batch size is a tensor: the check would become a constant of the trace.
+        if not torch.jit.is_tracing() and len(box_lists) != x[0].shape[0]:
             raise ValueError(f"{len(box_lists)} box lists for a batch of {x[0].shape[0]} images")
         height, width = self.output_size
         if len(box_lists) == 0:
