@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from mask_rcnn_ext import load_config
 from mask_rcnn_ext.data.images import read_image
+from mask_rcnn_ext.drawing import visualizer
 from mask_rcnn_ext.engine import Predictor
 from mask_rcnn_ext.files import atomic_write, remove_interrupted_writes
 
@@ -53,8 +53,6 @@ def metadata_for(cfg):
 
 # White columns between the ground truth and the predictions.
 GAP = 8
-
-
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Two (H, W, 3) uint8 pictures next to each other, ``GAP`` white columns between them."""
     gap = np.full((left.shape[0], GAP, 3), 255, dtype=np.uint8)
@@ -148,9 +146,9 @@ def main(argv=None):
         image = read_image(path, "BGR")
         instances = predictor(image)["instances"].to("cpu")
         rgb = image[:, :, ::-1]
-        drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
+        drawn = visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
         if args.show_gt:
-            truth = Visualizer(rgb, metadata).draw_dataset_dict(record).get_image()
+            truth = visualizer(rgb, metadata).draw_dataset_dict(record).get_image()
             drawn = side_by_side(truth, drawn)
         with atomic_write(target, "wb") as stream:
             Image.fromarray(drawn).save(stream, format="PNG")

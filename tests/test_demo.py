@@ -12,6 +12,7 @@ from PIL import Image
 
 from helpers import root_script, small_mask_rcnn_cfg
 from mask_rcnn_ext.checkpoint import SafeCheckpointer
+from mask_rcnn_ext.drawing import visualizer
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_drawings_keep_the_inputs_apart_and_replace_nothing_unasked(demo, config
     for given, drawn in zip(inputs, ["a/img.png", "b/img.png", "a/img.jpg.png"], strict=True):
         assert f"{given}: " in printed and f"-> {output / drawn}" in printed
         picture = np.asarray(Image.open(output / drawn))
-        assert picture.shape == (48, 64, 3)
+        assert picture.shape == (480, 640, 3)  # the 48 x 64 input, drawn ten times larger
 
     photos, drawings = _digests(tmp_path / "photos"), _digests(output)
 
@@ -110,3 +111,32 @@ def test_inputs_are_drawn_when_the_configs_test_set_is_not_on_disk(demo, tmp_pat
         MetadataCatalog.remove(name)
     assert (tmp_path / "vis" / "img.png").is_file()
     assert f"{name!r} cannot be read for its class names" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [(128, 160), (48, 64), (600, 800)])
+def test_small_images_are_drawn_enlarged_with_labels_sized_for_the_drawing(size):
+    """A drawing of a small image (the synthetic sets' 128 x 160) is the drawing Detectron2's
+    Visualizer makes of the image enlarged to a 480-px short side: the same size, and labels of
+    the same font size (its labels of at least 10 px covered small images' objects)."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.visualizer import Visualizer
+
+    metadata = MetadataCatalog.get("demo_label_sizes")
+    metadata.thing_classes = ["circle", "square"]
+    height, width = size
+    rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    boxes = torch.tensor([[0.1, 0.1, 0.4, 0.5], [0.6, 0.05, 0.95, 0.3]]) * torch.tensor(
+        [width, height, width, height])
+
+    def drawn(visualizer, image_size, box_scale):
+        instances = Instances(image_size, pred_boxes=Boxes(boxes * box_scale),
+                              scores=torch.tensor([0.9, 0.8]), pred_classes=torch.tensor([0, 1]))
+        output = visualizer.draw_instance_predictions(instances)
+        return output.get_image().shape, [text.get_fontsize() for text in output.ax.texts]
+
+    factor = max(1, -(-480 // min(height, width)))
+    enlarged = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+    expected = drawn(Visualizer(enlarged, metadata), enlarged.shape[:2], factor)
+    assert drawn(visualizer(rgb, metadata), (height, width), 1) == expected
+    assert min(expected[0][:2]) >= 480 and expected[1]
