@@ -1,5 +1,6 @@
 """The repository's layout: the package imports itself without cycles, and the tests import no
-other test file (shared test code lives in helpers.py, conftest.py and support/)."""
+other test file and no benchmark code but the tools they test (shared test code lives in
+helpers.py, conftest.py and support/)."""
 
 import ast
 from pathlib import Path
@@ -56,3 +57,16 @@ def test_no_test_imports_another_test_file():
     for path in (ROOT / "tests").glob("*.py"):
         imported = {name.split(".")[0] for name in _imported(path, tests)}
         assert not imported, f"{path.name} imports {sorted(imported)}"
+
+
+# The tests of benchmark tools import the tool they test (its functions are their subject), and
+# no test imports benchmark code as a fixture: what tests and benchmarks share is in support/.
+BENCHMARK_TOOL_TESTS = {"test_ablation_report.py": {"benchmarks.ablation"},
+                        "test_gpu_bundle.py": {"benchmarks.gpu_bundle"}}
+
+
+def test_tests_import_from_benchmarks_only_the_tool_they_test():
+    benchmarks = {_module_name(p) for p in (ROOT / "benchmarks").glob("*.py")}
+    for path in (ROOT / "tests").glob("*.py"):
+        imported = _imported(path, benchmarks | {"benchmarks"}) - {"benchmarks"}
+        assert imported == BENCHMARK_TOOL_TESTS.get(path.name, set()), path.name
