@@ -2,11 +2,25 @@
 script and config that an example names exists, and the examples pair configs with weights they
 can load: every command or snippet that uses `make demo`'s weights names `make demo`'s config
 (Makefile's DEMO_CONFIG: another config's model has other shapes and refuses them) and reads
-images from the set `make demo` writes; export commands write to folders of their own."""
+images from the set `make demo` writes; export commands write to folders of their own. The Python
+snippets and the first export command that uses `make demo`'s weights run as written, in a folder
+laid out as after `make demo` (its config's model with random weights, one image of its set)."""
 
+import os
 import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.modeling import build_model
 
 from helpers import ROOT
+from mask_rcnn_ext import load_config
+from mask_rcnn_ext.checkpoint import SafeCheckpointer
+from mask_rcnn_ext.data import synthetic
 
 DEMO_WEIGHTS = "output/demo/model_final.pth"
 DOCUMENTS = [ROOT / "README.md", ROOT / "datasets" / "README.md",
@@ -84,3 +98,49 @@ def test_every_script_and_config_an_example_names_exists():
             assert (ROOT / (module.replace(".", "/") + ".py")).exists() or \
                 (ROOT / module.replace(".", "/") / "__main__.py").exists(), \
                 f"python -m {module} in: {example.strip()[:200]}"
+
+
+@pytest.fixture
+def after_make_demo(tmp_path, monkeypatch):
+    """A working directory laid out as the repository's after `make demo`, in miniature: the
+    configs, make demo's config's model (random weights) at its weights' path, and its set's
+    first validation image; the current directory while the test runs."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    demo_config = _makefile_value("DEMO_CONFIG")
+    cfg = load_config(str(ROOT / demo_config), ["MODEL.WEIGHTS", ""])
+    torch.manual_seed(0)
+    weights = tmp_path / DEMO_WEIGHTS
+    SafeCheckpointer(build_model(cfg), str(weights.parent)).save(weights.stem)
+    demo_set = re.search(r"\)/(\w+)/val/", _makefile_value("DEMO_IMAGES")).group(1)
+    synthetic.write_split(tmp_path / "datasets" / demo_set, "val", 1, seed=0,
+                          spec=synthetic.SETS[demo_set])
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _python_snippets() -> list[pytest.param]:
+    return [pytest.param(body, id=f"{path.name}-{number}")
+            for path in DOCUMENTS
+            for number, (language, body) in enumerate(
+                re.findall(r"```(\w*)\n(.*?)```", path.read_text(), re.S))
+            if language == "python"]
+
+
+@pytest.mark.parametrize("snippet", _python_snippets())
+def test_python_snippets_run_as_written(snippet, after_make_demo, capsys):
+    exec(compile(snippet, "snippet", "exec"), {})
+    if "print(" in snippet:
+        assert capsys.readouterr().out.strip()
+
+
+def test_the_export_command_with_the_demo_weights_runs_as_written(after_make_demo):
+    """The first export command of the docs that uses make demo's weights, run as written (its
+    siblings differ in format only, each exported and checked in test_export.py)."""
+    command = next(e for e in _all_examples()
+                   if "mask_rcnn_ext.export" in e and DEMO_WEIGHTS in e)
+    arguments = shlex.split(command)
+    assert arguments[:3] == [".venv/bin/python", "-m", "mask_rcnn_ext.export"], command
+    subprocess.run([sys.executable, *arguments[1:]], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    output = Path(arguments[arguments.index("--output") + 1])
+    assert (after_make_demo / output / "model.ts").is_file()
