@@ -41,8 +41,8 @@ clean:
 .PHONY: demo
 DEMO_CONFIG ?= configs/Synthetic/mask_rcnn_R_18_FPN_small_cpu.yaml
 DEMO_OUTPUT ?= output/demo
-# The seed of the pretraining and the training: the same run each time (the accuracy study's
-# seed-0 run of this config, same weights, reached mask AP 35.4; docs/training.md).
+# The seed of the pretraining and the training: the same run each time (mask AP 32.9 on
+# 2026-12-05; docs/training.md).
 DEMO_SEED ?= 0
 # The ResNet the demo's detector starts from, pretrained on the set's object crops (the config's
 # MODEL.WEIGHTS); made once, then reused.

@@ -114,6 +114,8 @@ def environment(device: str = "cpu") -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # How idle OpenMP threads wait: under a competing process it decides the shared-cores case.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "torch": torch.__version__,
         "detectron2": detectron2.__version__,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",

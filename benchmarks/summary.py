@@ -76,7 +76,10 @@ def main() -> None:
                   *_header(), *_side_rows(evaluation["backends"]), ""]
     pooling = _load("roi_align")
     if pooling:
-        lines += ["## RoI pooling (vs torchvision roi_align)", ""]
+        env = pooling["environment"]
+        lines += ["## RoI pooling (vs torchvision roi_align)", "",
+                  f"{env['date']}, {env['device']}, {env['torch_threads']} threads, OpenMP wait "
+                  f"policy {env.get('omp_wait_policy', 'not recorded')}.", ""]
         for case, ratios in pooling["ratios"].items():
             lines += [f"- {case}: " + "; ".join(f"{name} {value:.2f}"
                                                  for name, value in ratios.items())]
