@@ -11,8 +11,8 @@ from detectron2.modeling import build_model
 from mask_rcnn_ext import load_config
 from support.models import calibrated_model, synthetic_images, training_batch
 
-__all__ = ["CONFIGS", "IMAGE_SIZES", "calibrated_model", "config", "same_weight_models",
-           "synthetic_images", "training_batch"]
+__all__ = ["CONFIGS", "IMAGE_SIZES", "OURS", "OURS_PLAIN", "calibrated_model", "config",
+           "same_weight_models", "synthetic_images", "training_batch"]
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = {
@@ -32,15 +32,22 @@ def config(name: str, stock: bool, device: str = "cpu", overrides: list | None =
         *(overrides or [])])
 
 
+# Our model as its Trainer and Predictor build it, and without MODEL.SPEEDUPS.
+OURS, OURS_PLAIN = "mask_rcnn_ext", "mask_rcnn_ext without MODEL.SPEEDUPS"
+
+
 def same_weight_models(name: str, image: np.ndarray, device: str = "cpu") -> dict:
-    """{"stock Detectron2": stock model, "mask_rcnn_ext": ours with MODEL.SPEEDUPS applied (as its
-    Trainer and Predictor do), "cfg": our config}, with the same calibrated weights (our heads
-    load stock state dicts unchanged)."""
+    """{"stock Detectron2": stock model, OURS: ours with MODEL.SPEEDUPS applied (as its Trainer
+    and Predictor do), OURS_PLAIN: ours without them, "cfg": our config}, with the same calibrated
+    weights (our heads load stock state dicts unchanged)."""
     from mask_rcnn_ext.modeling import apply_speedups
 
     stock = calibrated_model(config(name, stock=True, device="cpu"), image)
     ours_cfg = config(name, stock=False, device=device)
-    ours = build_model(ours_cfg)
-    ours.load_state_dict(stock.state_dict())
-    return {"stock Detectron2": stock.to(device),
-            "mask_rcnn_ext": apply_speedups(ours.to(device), ours_cfg), "cfg": ours_cfg}
+    ours = {}
+    for side in (OURS, OURS_PLAIN):
+        ours[side] = build_model(ours_cfg)
+        ours[side].load_state_dict(stock.state_dict())
+        ours[side].to(device)
+    return {"stock Detectron2": stock.to(device), OURS: apply_speedups(ours[OURS], ours_cfg),
+            OURS_PLAIN: ours[OURS_PLAIN], "cfg": ours_cfg}

@@ -42,10 +42,13 @@ def main() -> None:
                   f"{env['date']}, {env['device']}, {env['torch_threads']} threads, torch "
                   f"{env['torch']}.", ""]
         for name, result in train["configs"].items():
+            speedups = (f"; with / without MODEL.SPEEDUPS "
+                        f"{_verdict(result['ratio_speedups'], result['speedups_target'])}"
+                        if "ratio_speedups" in result else "")
             lines += [f"**{name}**, {result['images']} images of {result['image_size'][0]} x "
                       f"{result['image_size'][1]}: ours / stock "
-                      f"{_verdict(result['ratio_ours_to_stock'], result['target_ratio'])}", "",
-                      *_header(), *_side_rows(result["sides"]), ""]
+                      f"{_verdict(result['ratio_ours_to_stock'], result['target_ratio'])}"
+                      f"{speedups}", "", *_header(), *_side_rows(result["sides"]), ""]
     inference = _load("inference")
     if inference:
         agreement = inference["output_agreement"]
