@@ -321,9 +321,10 @@ class _SampleMaximum(torch.autograd.Function):
     R = P*Sy sample rows and S = Q*Sx sample columns -> (G, P, Q, C).
 
     Only the winning samples' positions (uint8, the first of equal maxima in (y, x) order, like
-    ``torch.max``) are kept; the backward builds the samples' gradient from them by broadcast
-    products (measured on CPU: faster than scattering each bin's gradient to its winner's
-    interpolation taps, and than ``where`` over one mask of every sample).
+    ``torch.max``) are kept; the backward scatters each bin's gradient to its winning sample in
+    the samples' gradient (measured on CPU: 4% faster for the box head's whole pooling than
+    broadcast products of one-hot masks, which beat scattering to the winner's interpolation taps
+    and ``where`` over one mask of every sample).
     """
 
     @staticmethod
@@ -352,13 +353,16 @@ class _SampleMaximum(torch.autograd.Function):
         winner_y, winner_x = ctx.saved_tensors
         samples_y, samples_x = ctx.samples
         num, pooled_y, pooled_x, channels = grad.shape
-        steps_y = torch.arange(samples_y, device=grad.device, dtype=torch.uint8)
-        steps_x = torch.arange(samples_x, device=grad.device, dtype=torch.uint8)
-        # (G, P, Sy, Q, C): the gradient at each bin's winning row, then at its winning column.
-        at_row = grad[:, :, None] * (winner_y[:, :, None] == steps_y[:, None, None])
-        at_column = winner_x[:, :, :, None] == steps_x[:, None]  # (G, P, Q, Sx, C)
-        grad_samples = grad.new_empty(num, pooled_y, samples_y, pooled_x, samples_x, channels)
-        torch.mul(at_row[:, :, :, :, None], at_column[:, :, None], out=grad_samples)
+        # Each bin's gradient to its winning sample: one scatter per bin row into its samples
+        # (Sy, Q, Sx, C), at (winner_y, q, winner_x, c).
+        row_length = samples_y * pooled_x * samples_x * channels
+        bin_start = (torch.arange(pooled_x, device=grad.device)[:, None] * samples_x * channels
+                     + torch.arange(channels, device=grad.device))  # (Q, C)
+        position = (bin_start + winner_y.long() * (row_length // samples_y)
+                    + winner_x.long() * channels)  # (G, P, Q, C)
+        bin_rows = num * pooled_y
+        grad_samples = grad.new_zeros(bin_rows, row_length)
+        grad_samples.scatter_(1, position.view(bin_rows, -1), grad.reshape(bin_rows, -1))
         return (grad_samples.view(num, pooled_y * samples_y, pooled_x * samples_x, channels),
                 None, None)
 
