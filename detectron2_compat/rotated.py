@@ -178,6 +178,10 @@ def _sample_bilinear(features: Tensor, batch_index: Tensor, y: Tensor, x: Tensor
 
     RoIAlign's border rule: points more than one pixel outside the map give 0; points within that
     margin are clamped onto the map; there is no zero padding between the last pixel and the border.
+    It mirrors ``mask_rcnn_ext.layers.rules.bilinear_samples`` and ``bilinear_sample_weights``:
+    this package makes Detectron2 importable, so it cannot import the product, which imports
+    Detectron2. tests/test_compat_rotated.py checks it at angle 0 against torchvision's
+    ``roi_align``, the reference the product's rules are checked against.
     """
     height, width = features.shape[-2:]
     outside = (y < -1) | (y > height) | (x < -1) | (x > width)
@@ -242,6 +246,8 @@ def roi_align_rotated_forward(
         raise ValueError("roi_align_rotated: RoIs must have non-negative width and height")
     theta = torch.deg2rad(rois[:, 5])
     cos, sin = torch.cos(theta), torch.sin(theta)
+    # Samples per bin: mask_rcnn_ext.layers.rules.samples_per_bin's rule (restated, as the border
+    # rule in _sample_bilinear is, and checked the same way).
     if sampling_ratio > 0:
         grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.int64)
         grid_w = torch.full_like(roi_w, sampling_ratio, dtype=torch.int64)
