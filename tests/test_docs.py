@@ -40,6 +40,11 @@ def _makefile_value(name: str) -> str:
     return re.search(rf"^{name} [?:]?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
 
 
+def _demo_set() -> str:
+    """The data set whose images `make demo` draws (Makefile's DEMO_IMAGES)."""
+    return re.search(r"\)/(\w+)/val/", _makefile_value("DEMO_IMAGES")).group(1)
+
+
 def _examples(text: str) -> list[str]:
     """Each shell command (continuation lines joined) and each Python snippet (whole) of the
     fenced code blocks of ``text``."""
@@ -55,7 +60,7 @@ def _examples(text: str) -> list[str]:
 
 def test_examples_with_the_demo_weights_use_the_demo_config_and_its_images():
     demo_config = _makefile_value("DEMO_CONFIG")
-    demo_set = re.search(r"\)/(\w+)/val/", _makefile_value("DEMO_IMAGES")).group(1)
+    demo_set = _demo_set()
     using = [e for e in _all_examples() if DEMO_WEIGHTS in e]
     assert using, "the README no longer shows how to use make demo's weights"
     for example in using:
@@ -111,7 +116,7 @@ def after_make_demo(tmp_path, monkeypatch):
     torch.manual_seed(0)
     weights = tmp_path / DEMO_WEIGHTS
     SafeCheckpointer(build_model(cfg), str(weights.parent)).save(weights.stem)
-    demo_set = re.search(r"\)/(\w+)/val/", _makefile_value("DEMO_IMAGES")).group(1)
+    demo_set = _demo_set()
     synthetic.write_split(tmp_path / "datasets" / demo_set, "val", 1, seed=0,
                           spec=synthetic.SETS[demo_set])
     monkeypatch.chdir(tmp_path)
