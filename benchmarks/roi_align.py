@@ -12,8 +12,11 @@ Cases (2 images, 256 channels, sampling_ratio 0, aligned):
   single-level: one 200 x 304 map at stride 4, 512 RoIs per image, 7 x 7, sizes 16-256 px and
          aspect ratios from 1:4 to 4:1, all on one map (as a single-level C4/C5 head pools
          proposals of every shape); only average pooling is compared here;
-  shared cores: the single-level case while a second process keeps 2 threads busy with matrix
-         products (as data-loading workers do during training); it is started by the benchmark.
+  loader workers: the single-level case while two single-threaded processes keep busy with
+         matrix products, as two data-loading workers do (PyTorch runs each worker on one thread);
+  shared cores: the same with one process of 2 threads instead (another multi-threaded PyTorch
+         process on the same cores, e.g. a second training), whose OpenMP threads spin for them.
+  The competing processes are started by the benchmark.
 RoIs have log-uniform sizes (sqrt of area 16-800 px) and aspect ratios (1:2-2:1 unless said),
 anywhere in the image, clipped to it: the spread of Mask R-CNN's sampled proposals.
 
@@ -55,15 +58,22 @@ class Case:
     output: int
     max_aspect: float = 2.0
     sizes: tuple[float, float] = (16.0, 800.0)
-    shared_cores: bool = False
+    # Processes competing for the cores while timed, and the threads of each.
+    competitors: tuple[int, int] = (0, 0)
+
+    @property
+    def shared_cores(self) -> bool:
+        return self.competitors[0] > 0
 
 
 CASES = {
     "box": Case(FPN_SCALES, 512, 7),
     "mask": Case(FPN_SCALES, 64, 14),
     "single-level": Case((1 / 4,), 512, 7, max_aspect=4.0, sizes=(16.0, 256.0)),
+    "loader workers": Case((1 / 4,), 512, 7, max_aspect=4.0, sizes=(16.0, 256.0),
+                           competitors=(2, 1)),
     "shared cores": Case((1 / 4,), 512, 7, max_aspect=4.0, sizes=(16.0, 256.0),
-                         shared_cores=True),
+                         competitors=(1, 2)),
 }
 # Targets from the issues, as ratios of times measured in the same run: (numerator, denominator,
 # step) -> the largest ratio allowed; per device.
@@ -119,19 +129,21 @@ def deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-_COMPETITOR = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\n"
+_COMPETITOR = ("import torch\ntorch.set_num_threads({threads})\na = torch.randn(384, 384)\n"
                "while True:\n    a = torch.tanh(a @ a)\n")
 
 
 @contextlib.contextmanager
-def competing_process() -> Iterator[None]:
-    """A second process keeping two threads busy (as data-loading workers), while in the block."""
-    process = subprocess.Popen([sys.executable, "-c", _COMPETITOR])
+def competing_processes(count: int, threads: int) -> Iterator[None]:
+    """``count`` processes, each keeping ``threads`` threads busy, while in the block."""
+    code = _COMPETITOR.format(threads=threads)
+    processes = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
     try:
         yield
     finally:
-        process.kill()
-        process.wait()
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 def _variants(case: Case, device: str) -> dict[str, tuple[torch.nn.Module, Callable]]:
@@ -190,7 +202,7 @@ def run(cases: list[str], repeats: int, device: str) -> dict:
         for variant, (pooler, context) in _variants(case, device).items():
             for step, function in _steps(pooler, context, features, box_lists).items():
                 steps[(variant, step)] = function
-        with competing_process() if case.shared_cores else contextlib.nullcontext():
+        with competing_processes(*case.competitors):
             timings = compare(steps, repeats, device)
         results[name] = {}
         for (variant, step), timing in timings.items():
