@@ -66,7 +66,7 @@ demo: setup
 	@echo "Model, metrics and evaluation in $(DEMO_OUTPUT); pictures in $(DEMO_OUTPUT)/visualizations"
 
 .PHONY: bench
-# Speed and memory against stock Detectron2 (not in CI; about 15 minutes on 2 CPU cores): each
+# Speed and memory against stock Detectron2 (not in CI; 13-15 minutes on 2 CPU cores): each
 # script writes benchmarks/results/<name>.json; the summary is benchmarks/results/summary.md.
 bench: setup
 	$(PY) -m benchmarks.roi_align
